@@ -1,0 +1,104 @@
+"""Our checkpoint format: a directory with ``config.json`` and ``model.safetensors``, each written atomically.
+
+``config.json`` = ``{"format": "imagefolder", "version": 1, "kind": "tokenizer" | "generator", "config": {...}}``.
+A generator directory stores the generator and its tokenizer in one state dict (tokenizer keys under
+``tokenizer.``) and the tokenizer configuration inside the generator configuration, so it loads alone.
+Nothing here unpickles: safetensors holds only tensors, JSON only plain values.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .official import CheckpointError
+
+FORMAT, VERSION = "imagefolder", 1
+CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Call ``write(tmp_path)`` then move the file into place: readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def is_our_checkpoint(path: str | Path) -> bool:
+    path = Path(path)
+    return (path / CONFIG_NAME).is_file() if path.is_dir() else path.name in (CONFIG_NAME, WEIGHTS_NAME)
+
+
+def save_model(model: torch.nn.Module, kind: str, config: Any, out_dir: str | Path,
+               extra: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` (weights) and its ``config`` (a dataclass with ``to_dict``) to ``out_dir``."""
+    out = Path(out_dir)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": FORMAT, "kind": kind}))
+    meta = {"format": FORMAT, "version": VERSION, "kind": kind, "config": config.to_dict(), **(extra or {})}
+    atomic_write(out / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
+    return out
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """The parsed ``config.json`` of one of our checkpoint directories (or of the directory holding the file)."""
+    path = Path(path)
+    directory = path if path.is_dir() else path.parent
+    cfg_path = directory / CONFIG_NAME
+    try:
+        meta = json.loads(cfg_path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{directory}: no {CONFIG_NAME} (not an imagefolder checkpoint directory)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{cfg_path}: invalid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "config" not in meta:
+        raise CheckpointError(f"{cfg_path}: not an imagefolder checkpoint config")
+    if meta.get("version", 0) > VERSION:
+        raise CheckpointError(f"{cfg_path}: written by a newer imagefolder (format version {meta['version']})")
+    return meta
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    weights = (path if path.is_dir() else path.parent) / WEIGHTS_NAME
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: weights file missing")
+    try:
+        return load_file(weights)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{weights}: unreadable safetensors file ({e})") from None
+
+
+def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """``load_state_dict(strict=True)`` with one clear error naming the offending keys or shapes."""
+    ours = model.state_dict()
+    missing = [k for k in ours if k not in state]
+    unexpected = [k for k in state if k not in ours]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+        raise CheckpointError(f"{where}: weights do not match the configuration: {'; '.join(parts)}")
+    for k, v in state.items():
+        if tuple(v.shape) != tuple(ours[k].shape):
+            raise CheckpointError(f"{where}: {k} has shape {tuple(v.shape)} in the file but {tuple(ours[k].shape)} "
+                                  "in the model")
+    model.load_state_dict({k: v.to(ours[k].dtype) for k, v in state.items()}, strict=True, assign=True)

@@ -1,0 +1,195 @@
+"""Typed configurations and named presets for the tokenizer and the generator.
+
+Field names follow the official ImageFolder / VAR arguments (``codebook_size``, ``v_patch_nums``, ...), so the
+authors' YAML files and habits carry over. Every checkpoint we write stores its config; ``load_*`` needs no flags.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field."""
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclass
+class TokenizerConfig:
+    """The ImageFolder tokenizer: ViT encoder with latent tokens, P multi-scale residual quantizers, ViT decoder."""
+
+    codebook_size: int = 4096            # V: codes per branch
+    codebook_embed_dim: int = 32         # Cb: code vector size per branch
+    product_quant: int = 2               # P: number of branches (product quantization)
+    v_patch_nums: tuple[int, ...] = (1, 1, 2, 3, 3, 4, 5, 6, 8, 11)  # scale side lengths, small to large
+    num_latent_tokens: int = 121         # n: latent tokens per branch (a square; last scale covers all of them)
+    encoder_model: str = "vit_base_patch14_dinov2.lvd142m"   # timm name of the encoder backbone
+    decoder_model: str = "vit_base_patch14_dinov2.lvd142m"   # timm name of the decoder backbone
+    abs_pos_embed: bool = True           # latents get the resampled image position embedding + level embedding
+    share_quant_resi: int = 4            # phi convs: 0 = one per scale, 1 = one shared, k = k partially shared
+    quant_resi: float = 0.5              # phi(x) = (1 - r) x + r conv(x); 0 disables the convs
+    codebook_drop: float = 0.1           # fraction of each batch trained on a truncated scale prefix
+    start_drop: int = 3                  # fewest scales a dropped sample keeps
+    commit_loss_beta: float = 0.25       # commitment weight inside the VQ loss
+    semantic_guide: str = "dinov2"       # "dinov2": frozen teacher regularises a branch; "none"
+    half_sem: bool = True                # True: regularise the last branch only; False: all branches (1x1 mix)
+    sem_loss_weight: float = 0.1
+    sem_loss_scale: float = 1.0          # logit scale of the contrastive loss
+    clip_norm: bool = False              # L2-normalise the features before the contrastive loss
+    image_size: int = 256
+    patch_size: int = 16
+    vit_kwargs: dict[str, Any] = field(default_factory=dict)  # overrides of the timm model (embed_dim, depth, num_heads)
+    drop_path_rate: float = 0.1          # stochastic depth of encoder and decoder (the teacher uses 0)
+
+    def __post_init__(self) -> None:
+        self.v_patch_nums = tuple(int(p) for p in self.v_patch_nums)
+        self.vit_kwargs = dict(self.vit_kwargs)
+        _check(self.codebook_size >= 2, f"codebook_size must be >= 2, got {self.codebook_size}")
+        _check(self.codebook_embed_dim >= 1, f"codebook_embed_dim must be >= 1, got {self.codebook_embed_dim}")
+        _check(self.product_quant >= 1, f"product_quant must be >= 1, got {self.product_quant}")
+        _check(len(self.v_patch_nums) >= 1 and all(p >= 1 for p in self.v_patch_nums),
+               f"v_patch_nums must be positive side lengths, got {self.v_patch_nums}")
+        side = math.isqrt(self.num_latent_tokens)
+        _check(side * side == self.num_latent_tokens,
+               f"num_latent_tokens must be a square number (tokens per branch), got {self.num_latent_tokens}")
+        _check(self.v_patch_nums[-1] == side,
+               f"the last scale of v_patch_nums must cover all latent tokens: {self.v_patch_nums[-1]}^2 != "
+               f"num_latent_tokens={self.num_latent_tokens}")
+        _check(max(self.v_patch_nums) <= side, f"no scale may exceed the latent grid {side}: {self.v_patch_nums}")
+        _check(self.share_quant_resi >= 0, f"share_quant_resi must be >= 0, got {self.share_quant_resi}")
+        _check(0.0 <= self.codebook_drop <= 1.0, f"codebook_drop must be in [0, 1], got {self.codebook_drop}")
+        _check(1 <= self.start_drop <= len(self.v_patch_nums),
+               f"start_drop must be in [1, {len(self.v_patch_nums)}], got {self.start_drop}")
+        _check(self.semantic_guide in ("dinov2", "none"),
+               f"semantic_guide must be 'dinov2' or 'none', got {self.semantic_guide!r}")
+        _check(self.image_size > 0 and self.patch_size > 0 and self.image_size % self.patch_size == 0,
+               f"image_size ({self.image_size}) must be a positive multiple of patch_size ({self.patch_size})")
+        unknown = set(self.vit_kwargs) - {"embed_dim", "depth", "num_heads", "mlp_ratio"}
+        _check(not unknown, f"vit_kwargs may set embed_dim, depth, num_heads, mlp_ratio; got {sorted(unknown)}")
+
+    # derived sizes -------------------------------------------------------------------------------------------
+    @property
+    def latent_side(self) -> int:
+        return math.isqrt(self.num_latent_tokens)
+
+    @property
+    def num_scales(self) -> int:
+        return len(self.v_patch_nums)
+
+    @property
+    def tokens_per_branch(self) -> int:
+        """L: codes per branch over all scales (286 for the released models)."""
+        return sum(p * p for p in self.v_patch_nums)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["v_patch_nums"] = list(self.v_patch_nums)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TokenizerConfig":
+        return _from_dict(cls, d)
+
+
+@dataclass
+class GeneratorConfig:
+    """The VAR transformer that predicts all branches' codes of a scale in parallel (folded tokens)."""
+
+    depth: int = 16
+    embed_dim: int | None = None         # None: 64 * depth
+    num_heads: int | None = None         # None: depth
+    mlp_ratio: float = 4.0
+    num_classes: int = 1000
+    cond_drop_rate: float = 0.1          # label dropout during training (enables classifier-free guidance)
+    drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+    drop_path_rate: float | None = None  # None: 0.1 * depth / 24
+    norm_eps: float = 1e-6
+    shared_aln: bool = False
+    attn_l2_norm: bool = True
+    p_drop: float = 0.0                  # token masking during training (0 disables it and its empty embedding)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tokenizer, dict):
+            self.tokenizer = TokenizerConfig.from_dict(self.tokenizer)
+        elif isinstance(self.tokenizer, str):
+            self.tokenizer = tokenizer_preset(self.tokenizer)
+        if self.embed_dim is None:
+            self.embed_dim = 64 * self.depth
+        if self.num_heads is None:
+            self.num_heads = self.depth
+        if self.drop_path_rate is None:
+            self.drop_path_rate = 0.1 * self.depth / 24
+        _check(self.depth >= 1, f"depth must be >= 1, got {self.depth}")
+        _check(self.embed_dim % self.num_heads == 0,
+               f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})")
+        _check(self.num_classes >= 1, f"num_classes must be >= 1, got {self.num_classes}")
+        _check(0.0 <= self.cond_drop_rate < 1.0, f"cond_drop_rate must be in [0, 1), got {self.cond_drop_rate}")
+        _check(0.0 <= self.p_drop < 1.0, f"p_drop must be in [0, 1), got {self.p_drop}")
+        _check(not self.shared_aln, "shared_aln=True is not supported (no released model uses it)")
+
+    @property
+    def patch_nums(self) -> tuple[int, ...]:
+        return self.tokenizer.v_patch_nums
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["tokenizer"] = self.tokenizer.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "GeneratorConfig":
+        return _from_dict(cls, d)
+
+
+def _from_dict(cls, d: dict[str, Any]):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    _check(not unknown, f"unknown {cls.__name__} field(s): {unknown}")
+    return cls(**d)
+
+
+# presets ------------------------------------------------------------------------------------------------------
+# Presets are keyword sets, so an override of one field re-derives the fields that depend on it.
+_FULL_VIT = dict(encoder_model="vit_base_patch14_dinov2.lvd142m", decoder_model="vit_base_patch14_dinov2.lvd142m")
+_SMALL_VIT = dict(encoder_model="vit_small_patch14_dinov2.lvd142m", decoder_model="vit_small_patch14_dinov2.lvd142m")
+
+TOKENIZER_PRESETS: dict[str, dict[str, Any]] = {
+    # the released tokenizers (configs/tokenizer.yaml; 8192/16384 differ only in codebook_size)
+    "imagefolder-4096": dict(codebook_size=4096, **_FULL_VIT),
+    "imagefolder-8192": dict(codebook_size=8192, **_FULL_VIT),
+    "imagefolder-16384": dict(codebook_size=16384, **_FULL_VIT),
+    # the official test-vector configuration (reference tiny_config.json): 64 px, 2 blocks of width 64
+    "tiny": dict(codebook_size=64, codebook_embed_dim=8, v_patch_nums=(1, 2, 3, 4), num_latent_tokens=16,
+                 image_size=64, patch_size=8, vit_kwargs={"embed_dim": 64, "depth": 2, "num_heads": 2}, **_SMALL_VIT),
+    # a CPU-trainable model: 64 px, 4 blocks of width 192, 8x8 latents per branch
+    "small": dict(codebook_size=512, codebook_embed_dim=16, v_patch_nums=(1, 2, 3, 4, 6, 8), num_latent_tokens=64,
+                  image_size=64, patch_size=8, vit_kwargs={"embed_dim": 192, "depth": 4, "num_heads": 3}, **_SMALL_VIT),
+}
+
+GENERATOR_PRESETS: dict[str, dict[str, Any]] = {
+    **{f"d{d}": dict(depth=d, tokenizer="imagefolder-4096") for d in (16, 17, 20, 24, 30)},
+    "tiny": dict(depth=2, embed_dim=128, num_heads=2, num_classes=10, tokenizer="tiny"),
+    "small": dict(depth=4, embed_dim=256, num_heads=4, num_classes=10, tokenizer="small"),
+}
+
+
+def tokenizer_preset(name: str, **overrides: Any) -> TokenizerConfig:
+    """A named tokenizer configuration, optionally with fields overridden."""
+    if name not in TOKENIZER_PRESETS:
+        raise ConfigError(f"unknown tokenizer preset {name!r}; choose one of {sorted(TOKENIZER_PRESETS)}")
+    return TokenizerConfig(**{**TOKENIZER_PRESETS[name], **overrides})
+
+
+def generator_preset(name: str, **overrides: Any) -> GeneratorConfig:
+    """A named generator configuration (with its tokenizer configuration), optionally with fields overridden."""
+    if name not in GENERATOR_PRESETS:
+        raise ConfigError(f"unknown generator preset {name!r}; choose one of {sorted(GENERATOR_PRESETS)}")
+    return GeneratorConfig(**{**GENERATOR_PRESETS[name], **overrides})

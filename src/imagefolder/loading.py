@@ -1,0 +1,186 @@
+"""``load_tokenizer`` / ``load_generator``: one entry point for presets, our checkpoints and official checkpoints,
+and ``convert`` between the official format and ours."""
+from __future__ import annotations
+
+import argparse
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import checkpoint as ours
+from .config import (GENERATOR_PRESETS, TOKENIZER_PRESETS, GeneratorConfig, TokenizerConfig, generator_preset,
+                     tokenizer_preset)
+from .models.generator import Generator
+from .models.tokenizer import Tokenizer
+from .official import (CheckpointError, generator_config_from_args, is_var_checkpoint, load_official_state_dict,
+                       safe_torch_load, to_official_state_dict, tokenizer_config_from_checkpoint, tokenizer_weights)
+
+TokenizerSpec = Tokenizer | TokenizerConfig | str | Path
+
+
+def _empty(factory, *args):
+    """Build a model on the meta device: no memory, no random init; loading assigns the real tensors."""
+    with torch.device("meta"):
+        return factory(*args)
+
+
+def _is_preset(spec: Any, presets: dict) -> bool:
+    return isinstance(spec, str) and spec in presets and not Path(spec).exists()
+
+
+def load_tokenizer(spec: TokenizerSpec, *, config: TokenizerConfig | None = None,
+                   pretrained_backbone: bool | str | Path = False) -> Tokenizer:
+    """A tokenizer in eval mode from a preset name (random init, or DINOv2-initialised with
+    ``pretrained_backbone``), one of our checkpoint directories, an official tokenizer checkpoint (EMA weights
+    first) or an official VAR checkpoint (its ``trainer.vae_local``).
+
+    ``config`` overrides the configuration read from an official checkpoint's args (needed only for models whose
+    args do not describe their shape, such as the reference test checkpoints inside a VAR file).
+    """
+    if isinstance(spec, Tokenizer):
+        return spec
+    if isinstance(spec, TokenizerConfig):
+        return Tokenizer(spec, pretrained_backbone=pretrained_backbone).eval()
+    if _is_preset(spec, TOKENIZER_PRESETS):
+        return Tokenizer(tokenizer_preset(spec), pretrained_backbone=pretrained_backbone).eval()
+    path = Path(spec)
+    if ours.is_our_checkpoint(path):
+        meta = ours.read_config(path)
+        state = ours.read_weights(path)
+        if meta["kind"] == "generator":
+            cfg = GeneratorConfig.from_dict(meta["config"]).tokenizer
+            state = {k[len("tokenizer."):]: v for k, v in state.items() if k.startswith("tokenizer.")}
+        elif meta["kind"] == "tokenizer":
+            cfg = TokenizerConfig.from_dict(meta["config"])
+        else:
+            raise CheckpointError(f"{path}: holds a {meta['kind']!r}, not a tokenizer")
+        model = _empty(Tokenizer, config or cfg)
+        ours.load_state_strict(model, state, str(path))
+        return model.eval()
+    if not path.exists():
+        raise CheckpointError(f"no such checkpoint or preset: {spec!s} (presets: {', '.join(sorted(TOKENIZER_PRESETS))})")
+    return _tokenizer_from_official(safe_torch_load(path), str(path), config)
+
+
+def _tokenizer_from_official(ckpt: Any, where: str, config: TokenizerConfig | None) -> Tokenizer:
+    model = _empty(Tokenizer, config or tokenizer_config_from_checkpoint(ckpt, where))
+    load_official_state_dict(model, tokenizer_weights(ckpt, where), where)
+    return model.eval()
+
+
+def _tokenizer_config(spec: TokenizerSpec) -> TokenizerConfig:
+    if isinstance(spec, Tokenizer):
+        return spec.config
+    if isinstance(spec, TokenizerConfig):
+        return spec
+    if _is_preset(spec, TOKENIZER_PRESETS):
+        return tokenizer_preset(spec)
+    path = Path(spec)
+    if ours.is_our_checkpoint(path):
+        meta = ours.read_config(path)
+        cfg = meta["config"]
+        return GeneratorConfig.from_dict(cfg).tokenizer if meta["kind"] == "generator" else TokenizerConfig.from_dict(cfg)
+    return tokenizer_config_from_checkpoint(safe_torch_load(path), str(path))
+
+
+def load_generator(spec: str | Path, *, tokenizer: TokenizerSpec | None = None) -> Generator:
+    """A generator (with its tokenizer as ``.tokenizer``) in eval mode from a preset name (random init), one of
+    our checkpoint directories or an official VAR checkpoint (``trainer.var_wo_ddp`` + ``trainer.vae_local``).
+
+    ``tokenizer``: for a preset, the tokenizer to use (a Tokenizer, config, preset name or checkpoint); for an
+    official VAR file, what says the tokenizer's shape when the file's args cannot (its weights still come from
+    the VAR file's ``vae_local``).
+    """
+    if _is_preset(spec, GENERATOR_PRESETS):
+        cfg = generator_preset(spec)
+        tok = None
+        if tokenizer is not None:
+            tok = load_tokenizer(tokenizer)
+            cfg = generator_preset(spec, tokenizer=tok.config)
+        return Generator(cfg, tok).eval()
+    path = Path(spec)
+    if ours.is_our_checkpoint(path):
+        meta = ours.read_config(path)
+        if meta["kind"] != "generator":
+            raise CheckpointError(f"{path}: holds a {meta['kind']!r}, not a generator")
+        model = _empty(Generator, GeneratorConfig.from_dict(meta["config"]))
+        ours.load_state_strict(model, ours.read_weights(path), str(path))
+        return model.eval()
+    if not path.exists():
+        raise CheckpointError(f"no such checkpoint or preset: {spec!s} (presets: {', '.join(sorted(GENERATOR_PRESETS))})")
+    return _generator_from_official(safe_torch_load(path), str(path), tokenizer)
+
+
+def _generator_from_official(ckpt: Any, where: str, tokenizer: TokenizerSpec | None) -> Generator:
+    if not is_var_checkpoint(ckpt):
+        raise CheckpointError(f"{where}: not a VAR checkpoint (no trainer.var_wo_ddp); is it a tokenizer checkpoint?")
+    tok_cfg = _tokenizer_config(tokenizer) if tokenizer is not None else tokenizer_config_from_checkpoint(ckpt, where)
+    try:
+        tok = _tokenizer_from_official(ckpt, f"{where} (trainer.vae_local)", tok_cfg)
+    except CheckpointError as e:
+        if tokenizer is not None:
+            raise
+        raise CheckpointError(f"{e}. The VAR file's args describe the tokenizer only partly (official models are "
+                              "256 px ViT-B); pass tokenizer= (its checkpoint, preset or config)") from None
+    var_state = ckpt["trainer"]["var_wo_ddp"]
+    cfg = generator_config_from_args(ckpt.get("args", {}), tok_cfg)
+    if "class_emb.weight" in var_state:  # the official builder hard-codes 1000 classes; the weights say the truth
+        cfg = GeneratorConfig(**{**cfg.to_dict(), "num_classes": var_state["class_emb.weight"].shape[0] - 1})
+    model = _empty(Generator, cfg, tok)
+    load_official_state_dict(model, var_state, f"{where} (trainer.var_wo_ddp)")
+    return model.eval()
+
+
+# conversion -----------------------------------------------------------------------------------------------------
+def save_tokenizer(tokenizer: Tokenizer, out_dir: str | Path) -> Path:
+    return ours.save_model(tokenizer, "tokenizer", tokenizer.config, out_dir)
+
+
+def save_generator(generator: Generator, out_dir: str | Path) -> Path:
+    return ours.save_model(generator, "generator", generator.config, out_dir)
+
+
+def _official_tokenizer_args(cfg: TokenizerConfig) -> dict[str, Any]:
+    args = cfg.to_dict()
+    args.pop("drop_path_rate")
+    img, patch, vit = args.pop("image_size"), args.pop("patch_size"), args.pop("vit_kwargs")
+    args.update(enc_type="dinov2", dec_type="dinov2", vq_model="VQ-16", image_size=img)
+    if (img, patch) != (256, 16) or vit:  # the official model is hard-wired to 256/16: say it only when it differs
+        args.update(img_size=img, patch_size=patch, vit_kwargs=vit)
+    return args
+
+
+def export_official(model: Tokenizer | Generator, path: str | Path) -> Path:
+    """Write ``model`` as an official checkpoint (tokenizer: msvq_train format; generator: VAR train.py format)."""
+    path = Path(path)
+    if isinstance(model, Tokenizer):
+        sd = to_official_state_dict(model)
+        payload = {"model": sd, "ema": sd, "steps": 0,
+                   "args": argparse.Namespace(**_official_tokenizer_args(model.config))}
+    else:
+        cfg = model.config
+        pn = tuple(cfg.patch_nums)
+        args = OrderedDict(depth=cfg.depth, pn="_".join(map(str, pn)), patch_nums=pn, p_drop=cfg.p_drop,
+                           anorm=cfg.attn_l2_norm, saln=cfg.shared_aln, test_model=True,
+                           **_official_tokenizer_args(cfg.tokenizer))
+        payload = {"epoch": 0, "iter": 0, "args": args,
+                   "trainer": {"config": {"patch_nums": pn}, "var_wo_ddp": to_official_state_dict(model),
+                               "vae_local": to_official_state_dict(model.tokenizer)}}
+    ours.atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    return path
+
+
+def convert(src: str | Path, out: str | Path, *, tokenizer: TokenizerSpec | None = None) -> tuple[str, Path]:
+    """Official checkpoint -> our directory, or our directory -> official ``.pt``. Returns (kind, written path)."""
+    src = Path(src)
+    if ours.is_our_checkpoint(src):
+        kind = ours.read_config(src)["kind"]
+        model = load_generator(src) if kind == "generator" else load_tokenizer(src)
+        return kind, export_official(model, out)
+    ckpt = safe_torch_load(src)
+    if is_var_checkpoint(ckpt):
+        return "generator", save_generator(_generator_from_official(ckpt, str(src), tokenizer), out)
+    config = _tokenizer_config(tokenizer) if tokenizer is not None else None
+    return "tokenizer", save_tokenizer(_tokenizer_from_official(ckpt, str(src), config), out)

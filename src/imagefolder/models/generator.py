@@ -1,0 +1,348 @@
+"""VAR generator with folded tokens: class-conditional next-scale prediction over P product-quantized branches.
+
+The sequence holds K scales of pn*pn positions (L in all). Position j of scale si predicts, in parallel, the code of
+every branch there: the head has P*V outputs, chunk p scoring branch p's codebook. Input of scale si > 0 is the
+tokenizer's cumulative f_hat after scale si - 1, area-downsampled to pn x pn, branches concatenated on channels.
+Blocks are AdaLN self-attention with L2-normalised q/k and a block-causal mask (a scale sees itself and earlier
+scales). Sampling runs scale by scale with a KV cache, conditional and unconditional halves in one batch.
+
+Glossary: ``B`` batch, ``L`` tokens over all scales, ``l`` tokens of one scale, ``C`` width, ``D`` condition width
+(= C), ``H`` heads, ``c`` head size, ``V`` codebook size per branch, ``P`` branches, ``Cv = P * Cb`` input channels.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import DropPath
+
+from ..config import GeneratorConfig
+from .sampling import CFG_SCHEDULES, PerImageRNG, cfg_weight, sample_branches
+from .tokenizer import Codes, Tokenizer
+from .vit import level_ids
+
+
+def scale_levels(patch_nums: tuple[int, ...], device: torch.device | str | None = None) -> torch.Tensor:
+    """(1, L) int64: the scale index of every position."""
+    return level_ids([pn * pn for pn in patch_nums], device)
+
+
+def block_causal_mask(patch_nums: tuple[int, ...], device: torch.device | str | None = None) -> torch.Tensor:
+    """(1, 1, L, L) additive mask: 0 where the key's scale <= the query's scale, else -inf."""
+    level_L = scale_levels(patch_nums, device)[0]
+    mask_LL = torch.where(level_L[:, None] >= level_L[None, :], 0.0, -torch.inf)
+    return mask_LL.view(1, 1, len(level_L), len(level_L))
+
+
+class KVCache:
+    """Keys/values of the scales seen so far, written into one preallocated (B, H, L, c) buffer."""
+
+    def __init__(self, max_len: int):
+        self.max_len, self.n, self.k, self.v = max_len, 0, None, None
+
+    def append(self, k_BHlc: torch.Tensor, v_BHlc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.k is None:
+            B, H, _, c = k_BHlc.shape
+            self.k = k_BHlc.new_empty(B, H, self.max_len, c)
+            self.v = v_BHlc.new_empty(B, H, self.max_len, c)
+        l = k_BHlc.shape[2]
+        self.k[:, :, self.n:self.n + l] = k_BHlc
+        self.v[:, :, self.n:self.n + l] = v_BHlc
+        self.n += l
+        return self.k[:, :, :self.n], self.v[:, :, :self.n]
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, attn_drop: float, proj_drop: float, l2_norm: bool):
+        super().__init__()
+        self.num_heads, self.head_dim, self.l2_norm = num_heads, dim // num_heads, l2_norm
+        self.mat_qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.q_bias = nn.Parameter(torch.zeros(dim))
+        self.v_bias = nn.Parameter(torch.zeros(dim))
+        if l2_norm:  # cosine attention with a learned per-head temperature, capped at 100
+            self.scale = 1.0
+            self.scale_mul_1H11 = nn.Parameter(torch.full((1, num_heads, 1, 1), 4.0).log())
+            self.max_scale_mul = math.log(100)
+        else:
+            self.scale = 0.25 / math.sqrt(self.head_dim)
+        self.proj = nn.Linear(dim, dim)
+        self.attn_drop = attn_drop
+        self.proj_drop = nn.Dropout(proj_drop) if proj_drop > 0 else nn.Identity()
+
+    def forward(self, x_BLC: torch.Tensor, attn_bias: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor:
+        B, L, C = x_BLC.shape
+        bias = torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
+        qkv = F.linear(x_BLC, self.mat_qkv.weight, bias).view(B, L, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, c)
+        if self.l2_norm:
+            q = F.normalize(q, dim=-1).mul(self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp())
+            k = F.normalize(k, dim=-1)
+        if cache is not None:
+            k, v = cache.append(k, v)
+        if attn_bias is not None:
+            attn_bias = attn_bias.to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, scale=self.scale,
+                                             dropout_p=self.attn_drop if self.training else 0.0)
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, L, C)))
+
+
+class FFN(nn.Module):
+    def __init__(self, dim: int, hidden: int, drop: float):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU(approximate="tanh")
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop) if drop > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.act(self.fc1(x))))
+
+
+class AdaLNSelfAttn(nn.Module):
+    """x += attn(LN(x)(1 + scale1) + shift1) gamma1;  x += ffn(LN(x)(1 + scale2) + shift2) gamma2."""
+
+    def __init__(self, C: int, D: int, num_heads: int, mlp_ratio: float, norm_eps: float, drop: float,
+                 attn_drop: float, drop_path: float, attn_l2_norm: bool):
+        super().__init__()
+        self.C = C
+        self.attn = SelfAttention(C, num_heads, attn_drop, drop, attn_l2_norm)
+        self.ffn = FFN(C, round(C * mlp_ratio), drop)
+        self.ln_wo_grad = nn.LayerNorm(C, eps=norm_eps, elementwise_affine=False)
+        self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * C))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def modulation(self, cond_BD: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 6, C): gamma1, gamma2, scale1, scale2, shift1, shift2; constant over a whole sample."""
+        return self.ada_lin(cond_BD).view(-1, 1, 6, self.C)
+
+    def forward(self, x: torch.Tensor, mod_B16C: torch.Tensor, attn_bias: torch.Tensor | None,
+                cache: KVCache | None = None) -> torch.Tensor:
+        gamma1, gamma2, scale1, scale2, shift1, shift2 = mod_B16C.unbind(2)
+        x = x + self.drop_path(self.attn(self.ln_wo_grad(x).mul(scale1.add(1)).add(shift1), attn_bias, cache)
+                               .mul(gamma1))
+        x = x + self.drop_path(self.ffn(self.ln_wo_grad(x).mul(scale2.add(1)).add(shift2)).mul(gamma2))
+        return x
+
+
+class AdaLNBeforeHead(nn.Module):
+    def __init__(self, C: int, D: int, norm_eps: float):
+        super().__init__()
+        self.C = C
+        self.ln_wo_grad = nn.LayerNorm(C, eps=norm_eps, elementwise_affine=False)
+        self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(D, 2 * C))
+
+    def forward(self, x_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.ada_lin(cond_BD).view(-1, 1, 2, self.C).unbind(2)
+        return self.ln_wo_grad(x_BLC).mul(scale.add(1)).add_(shift)
+
+
+class Generator(nn.Module):
+    def __init__(self, config: GeneratorConfig, tokenizer: Tokenizer | None = None):
+        super().__init__()
+        self.config = c = config
+        if tokenizer is None:
+            tokenizer = Tokenizer(c.tokenizer)
+        elif tokenizer.config != c.tokenizer:
+            raise ValueError("the tokenizer's configuration differs from the generator's tokenizer configuration")
+        self.tokenizer = tokenizer.requires_grad_(False).eval()
+        t = c.tokenizer
+        self.P, self.V, self.Cv = t.product_quant, t.codebook_size, t.product_quant * t.codebook_embed_dim
+        self.patch_nums = t.v_patch_nums
+        self.L = sum(pn * pn for pn in self.patch_nums)
+        self.first_l = self.patch_nums[0] ** 2
+        self.num_classes = c.num_classes
+        C = D = c.embed_dim
+        init_std = math.sqrt(1 / C / 3)
+
+        self.word_embed = nn.Linear(self.Cv, C)
+        self.class_emb = nn.Embedding(c.num_classes + 1, C)  # the last row is the unconditional class
+        self.pos_start = nn.Parameter(torch.empty(1, self.first_l, C))
+        self.pos_1LC = nn.Parameter(torch.empty(1, self.L, C))
+        self.lvl_embed = nn.Embedding(len(self.patch_nums), C)
+        for p in (self.pos_start, self.pos_1LC):
+            nn.init.trunc_normal_(p, mean=0, std=init_std)
+        dpr = [c.drop_path_rate * i / max(c.depth - 1, 1) for i in range(c.depth)]  # linearly increasing
+        self.blocks = nn.ModuleList([
+            AdaLNSelfAttn(C, D, c.num_heads, c.mlp_ratio, c.norm_eps, c.drop_rate, c.attn_drop_rate, dpr[i],
+                          c.attn_l2_norm) for i in range(c.depth)])
+        self.head_nm = AdaLNBeforeHead(C, D, c.norm_eps)
+        self.head = nn.Linear(C, self.P * self.V)
+        if c.p_drop > 0:
+            self.empty_emb = nn.Embedding(1, C)
+        self.init_weights()
+
+    # constants derived from the scale schedule (the official model stores them as buffers) --------------------
+    @property
+    def lvl_1L(self) -> torch.Tensor:
+        return scale_levels(self.patch_nums, self.pos_1LC.device)
+
+    @property
+    def attn_bias_for_masking(self) -> torch.Tensor:
+        return block_causal_mask(self.patch_nums, self.pos_1LC.device).to(self.pos_1LC.dtype)
+
+    # initialisation (the official VAR recipe) ----------------------------------------------------------------
+    def _own_modules(self):
+        return (m for name, m in self.named_modules() if not name.startswith("tokenizer"))
+
+    @torch.no_grad()
+    def init_weights(self, init_adaln: float = 0.5, init_adaln_gamma: float = 1e-5, init_head: float = 0.02,
+                     init_std: float = -1.0) -> None:
+        C = self.config.embed_dim
+        std = math.sqrt(1 / C / 3) if init_std < 0 else init_std
+        for m in self._own_modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.trunc_normal_(m.weight, std=std)
+                if getattr(m, "bias", None) is not None:
+                    m.bias.zero_()
+        self.head.weight.mul_(init_head)
+        self.head_nm.ada_lin[-1].weight.mul_(init_adaln)
+        depth = len(self.blocks)
+        for b in self.blocks:
+            b.attn.proj.weight.div_(math.sqrt(2 * depth))
+            b.ffn.fc2.weight.div_(math.sqrt(2 * depth))
+            b.ada_lin[-1].weight[2 * C:].mul_(init_adaln)
+            b.ada_lin[-1].weight[:2 * C].mul_(init_adaln_gamma)
+
+    def train(self, mode: bool = True) -> "Generator":
+        super().train(mode)
+        self.tokenizer.eval()  # the tokenizer is frozen while the generator trains
+        return self
+
+    # teacher forcing -----------------------------------------------------------------------------------------
+    def _head(self, x_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
+        dtype = self.pos_1LC.dtype  # float32 normally; the head runs in the model's dtype, outside autocast's choice
+        return self.head(self.head_nm(x_BLC.to(dtype), cond_BD).to(dtype)).float()
+
+    def forward(self, labels_B: torch.Tensor, codes: Codes | torch.Tensor) -> torch.Tensor:
+        """Logits (B, L, P*V) for every scale given the ground-truth codes of the earlier scales.
+
+        ``codes``: codes[branch][scale], or the tokenizer's ``var_input(codes)`` (B, L - first_l, P*Cb).
+        In training mode labels are dropped to the unconditional class with probability cond_drop_rate, and tokens
+        are masked when p_drop > 0; in eval mode neither happens.
+        """
+        x_in = codes if isinstance(codes, torch.Tensor) else self.tokenizer.var_input(codes)
+        B = labels_B.shape[0]
+        if x_in.shape != (B, self.L - self.first_l, self.Cv):
+            raise ValueError(f"teacher-forcing input must be (B, {self.L - self.first_l}, {self.Cv}), "
+                             f"got {tuple(x_in.shape)}")
+        if self.training and self.config.cond_drop_rate > 0:
+            drop = torch.rand(B, device=labels_B.device) < self.config.cond_drop_rate
+            labels_B = torch.where(drop, self.num_classes, labels_B)
+        cond_BD = self.class_emb(labels_B)
+        sos = cond_BD.unsqueeze(1).expand(B, self.first_l, -1) + self.pos_start.expand(B, -1, -1)
+        x = torch.cat((sos, self.word_embed(x_in.to(self.pos_1LC.dtype))), dim=1)
+        if self.training and self.config.p_drop > 0:
+            x = self._mask_tokens(x)
+        x = x + (self.lvl_embed(self.lvl_1L) + self.pos_1LC)
+        mask = self.attn_bias_for_masking
+        for b in self.blocks:
+            x = b(x, b.modulation(cond_BD), mask)
+        return self._head(x, cond_BD)
+
+    def _mask_tokens(self, x_BLC: torch.Tensor) -> torch.Tensor:
+        """Token masking: a batch-wide rate p ~ U(0, p_drop); each non-start token is replaced with prob. p."""
+        B, L, _ = x_BLC.shape
+        p = torch.rand((), device=x_BLC.device) * self.config.p_drop
+        masked = torch.rand(B, L, 1, device=x_BLC.device) < p
+        masked[:, :self.first_l] = False
+        return torch.where(masked, self.empty_emb.weight.view(1, 1, -1).to(x_BLC.dtype), x_BLC)
+
+    # sampling ------------------------------------------------------------------------------------------------
+    def _autocast(self, dtype: torch.dtype):
+        if dtype == torch.float32:
+            return contextlib.nullcontext()
+        if dtype not in (torch.bfloat16, torch.float16):
+            raise ValueError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
+        return torch.autocast(device_type=self.pos_1LC.device.type, dtype=dtype)
+
+    def _scale_by_scale(self, labels_B: torch.Tensor, choose, cfg: float, cfg_schedule: str):
+        """Run the KV-cached AR loop; ``choose(si, guided_logits_per_branch)`` returns each branch's (B, l) codes.
+        Returns the final f_hat (B, P*Cb, h, w)."""
+        if cfg_schedule not in CFG_SCHEDULES:
+            raise ValueError(f"unknown cfg schedule {cfg_schedule!r}; choose one of {CFG_SCHEDULES}")
+        B, K, side = labels_B.shape[0], len(self.patch_nums), self.patch_nums[-1]
+        uncond = torch.full_like(labels_B, self.num_classes)
+        cond_2BD = self.class_emb(torch.cat((labels_B, uncond)))
+        mods = [b.modulation(cond_2BD) for b in self.blocks]
+        caches = [KVCache(self.L) for _ in self.blocks]
+        lvl_pos = self.lvl_embed(self.lvl_1L) + self.pos_1LC
+        x = cond_2BD.unsqueeze(1).expand(2 * B, self.first_l, -1) + self.pos_start.expand(2 * B, -1, -1) \
+            + lvl_pos[:, :self.first_l]
+        f_hat = None
+        cur = 0
+        for si, pn in enumerate(self.patch_nums):
+            cur += pn * pn
+            for b, mod, cache in zip(self.blocks, mods, caches):
+                x = b(x, mod, None, cache)
+            logits = self._head(x, cond_2BD)
+            t = cfg_weight(cfg, si, K, cfg_schedule)
+            guided = (1 + t) * logits[:B] - t * logits[B:]
+            idx = choose(si, list(guided.chunk(self.P, dim=-1)))
+            h = self.tokenizer.scale_contribution(si, idx)
+            f_hat = h if f_hat is None else f_hat + h
+            if si < K - 1:
+                pn_next = self.patch_nums[si + 1]
+                nxt = F.interpolate(f_hat, size=(pn_next, pn_next), mode="area") if pn_next != side else f_hat
+                x = self.word_embed(nxt.flatten(2).transpose(1, 2)) + lvl_pos[:, cur:cur + pn_next * pn_next]
+                x = x.repeat(2, 1, 1)
+        return f_hat
+
+    def _labels(self, labels_B) -> torch.Tensor:
+        labels_B = torch.as_tensor(labels_B, dtype=torch.long, device=self.pos_1LC.device).reshape(-1)
+        if labels_B.numel() and (labels_B.min() < 0 or labels_B.max() >= self.num_classes):
+            raise ValueError(f"labels must be in [0, {self.num_classes - 1}], got {labels_B.tolist()}")
+        return labels_B
+
+    @torch.no_grad()
+    def generate(self, labels_B, *, cfg: float = 3.25, top_k: int = 750, top_p: float = 0.95,
+                 seed: int | None = 0, indices=None, cfg_schedule: str = "linear", joint_sample: bool = False,
+                 dtype: torch.dtype = torch.float32, return_codes: bool = False):
+        """Class-conditional samples (B, 3, H, W) in [0, 1].
+
+        ``seed`` with ``indices`` (global image numbers, default 0..B-1) fixes each image independently of the
+        batch it is sampled in. ``dtype`` bfloat16/float16 runs under autocast; float32 is exact.
+        With ``return_codes`` also returns the sampled codes[branch][scale].
+        """
+        labels_B = self._labels(labels_B)
+        B = labels_B.shape[0]
+        indices = list(range(B)) if indices is None else [int(i) for i in indices]
+        if len(indices) != B:
+            raise ValueError(f"got {len(indices)} indices for {B} labels")
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, ()).item())
+        rng = PerImageRNG(seed, indices)
+        codes: Codes = [[] for _ in range(self.P)]
+
+        def choose(si, guided):
+            l = guided[0].shape[1]
+            u = rng.uniform(self.P, l, device=guided[0].device)
+            idx = sample_branches(guided, u, top_k=top_k, top_p=top_p, joint=joint_sample)
+            for p in range(self.P):
+                codes[p].append(idx[p])
+            return idx
+
+        with self._autocast(dtype):
+            f_hat = self._scale_by_scale(labels_B, choose, cfg, cfg_schedule)
+            img = self.tokenizer.fhat_to_img(f_hat)
+        img = img.float().add(1).mul(0.5)
+        return (img, codes) if return_codes else img
+
+    @torch.no_grad()
+    def guided_logits(self, labels_B, codes: Codes, *, cfg: float = 3.25, cfg_schedule: str = "linear",
+                      dtype: torch.dtype = torch.float32) -> list[list[torch.Tensor]]:
+        """The guided logits the sampler sees at every scale when it picks the given codes: [branch][scale] of
+        (B, l, V). With cfg=0 these are the conditional logits, equal to the teacher-forced ``forward``'s."""
+        labels_B = self._labels(labels_B)
+        out: list[list[torch.Tensor]] = [[] for _ in range(self.P)]
+
+        def choose(si, guided):
+            for p in range(self.P):
+                out[p].append(guided[p].float())
+            return [codes[p][si] for p in range(self.P)]
+
+        with self._autocast(dtype):
+            self._scale_by_scale(labels_B, choose, cfg, cfg_schedule)
+        return out

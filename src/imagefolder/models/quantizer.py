@@ -1,0 +1,195 @@
+"""Multi-scale residual quantizer (one branch of the product quantizer).
+
+For each scale side ``pn`` (small to large) the residual is area-downsampled to pn x pn, each position picks the
+code with the highest cosine similarity, the raw code vectors are bicubic-upsampled back to the latent grid (all
+but the last scale), mixed by a phi conv, added to the reconstruction f_hat and subtracted from the residual.
+
+Glossary: ``B`` batch, ``C`` code vector size (codebook_embed_dim), ``V`` codebook size, ``K`` number of scales,
+``H = W`` latent grid side, ``pn`` side of one scale, ``l = pn*pn`` codes of one scale, ``N`` flattened positions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Phi(nn.Conv2d):
+    """phi(h) = (1 - r) h + r conv3x3(h): smooths an upsampled scale before it is added to f_hat."""
+
+    def __init__(self, dim: int, resi_ratio: float):
+        super().__init__(dim, dim, kernel_size=3, stride=1, padding=1)
+        self.resi_ratio = abs(resi_ratio)
+
+    def forward(self, h_BChw: torch.Tensor) -> torch.Tensor:
+        return h_BChw.mul(1 - self.resi_ratio) + super().forward(h_BChw).mul_(self.resi_ratio)
+
+
+class PhiSchedule(nn.Module):
+    """``count`` phi convs shared over K scales: scale si uses the conv whose tick is nearest to si / (K - 1)."""
+
+    def __init__(self, dim: int, count: int, resi_ratio: float):
+        super().__init__()
+        make = (lambda: Phi(dim, resi_ratio)) if abs(resi_ratio) > 1e-6 else nn.Identity
+        self.qresi_ls = nn.ModuleList([make() for _ in range(count)])
+        lo = 1 / 3 / count if count == 4 else 1 / 2 / count  # the official tick placement
+        self.ticks = [lo + (1 - 2 * lo) * i / (count - 1) for i in range(count)] if count > 1 else [lo]
+
+    def index(self, si: int, num_scales: int) -> int:
+        at = si / (num_scales - 1) if num_scales > 1 else 0.0
+        return min(range(len(self.ticks)), key=lambda i: abs(self.ticks[i] - at))
+
+    def forward(self, h_BChw: torch.Tensor, si: int, num_scales: int) -> torch.Tensor:
+        return self.qresi_ls[self.index(si, num_scales)](h_BChw)
+
+
+@dataclass
+class QuantizerTrainOutput:
+    f_hat: torch.Tensor      # (B, C, H, W): quantized values, gradient straight through to the input
+    vq_loss: torch.Tensor    # scalar: commitment (beta-weighted, to the encoder) + codebook term, mean over scales
+    hits_KV: torch.Tensor    # (K, V): how often each code was picked at each scale in this batch
+
+
+class MultiScaleQuantizer(nn.Module):
+    def __init__(self, codebook_size: int, dim: int, v_patch_nums: tuple[int, ...], *,
+                 share_quant_resi: int = 4, quant_resi: float = 0.5, beta: float = 0.25):
+        super().__init__()
+        self.codebook_size, self.dim, self.beta = codebook_size, dim, beta
+        self.v_patch_nums = tuple(v_patch_nums)
+        self.side = self.v_patch_nums[-1]
+        num_phi = len(self.v_patch_nums) if share_quant_resi == 0 else share_quant_resi
+        self.quant_resi = PhiSchedule(dim, num_phi, quant_resi)
+        self.embedding = nn.Embedding(codebook_size, dim)
+        with torch.no_grad():  # official init: uniform(-1/V, 1/V), then unit length (cosine lookup)
+            self.embedding.weight.uniform_(-1.0 / codebook_size, 1.0 / codebook_size)
+            self.embedding.weight.copy_(F.normalize(self.embedding.weight, dim=-1))
+        # exponential moving average of code hits per scale (codebook usage); kept for checkpoint compatibility
+        self.register_buffer("ema_vocab_hit_SV", torch.zeros(len(self.v_patch_nums), codebook_size))
+        self.usage_updates = 0
+
+    @property
+    def num_scales(self) -> int:
+        return len(self.v_patch_nums)
+
+    # building blocks ---------------------------------------------------------------------------------------
+    def lookup(self, z_NC: torch.Tensor, codebook_VC: torch.Tensor | None = None) -> torch.Tensor:
+        """Index of the most cosine-similar code for each row."""
+        if codebook_VC is None:
+            codebook_VC = F.normalize(self.embedding.weight.detach(), dim=-1)
+        return torch.argmax(F.normalize(z_NC, dim=-1) @ codebook_VC.T, dim=1)
+
+    def contribution(self, si: int, idx_Bl: torch.Tensor) -> torch.Tensor:
+        """What the codes of scale ``si`` add to f_hat: phi(bicubic_up(codebook[idx])) as (B, C, H, W)."""
+        pn = self.v_patch_nums[si]
+        h_BChw = self.embedding(idx_Bl.reshape(-1, pn, pn)).permute(0, 3, 1, 2)
+        if si != self.num_scales - 1:
+            h_BChw = F.interpolate(h_BChw, size=(self.side, self.side), mode="bicubic")
+        return self.quant_resi(h_BChw.contiguous(), si, self.num_scales)
+
+    def _residual_rows(self, f_rest: torch.Tensor, si: int) -> torch.Tensor:
+        pn = self.v_patch_nums[si]
+        if pn != f_rest.shape[-1]:
+            f_rest = F.interpolate(f_rest, size=(pn, pn), mode="area")
+        return f_rest.permute(0, 2, 3, 1).reshape(-1, self.dim)
+
+    # inference ---------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, f_BChw: torch.Tensor, *, return_fhats: bool = False):
+        """Codes per scale (list of (B, l) int64) and, if asked, the cumulative f_hat after each scale."""
+        self._check_input(f_BChw)
+        B = f_BChw.shape[0]
+        codebook_VC = F.normalize(self.embedding.weight, dim=-1)
+        f_rest, f_hat = f_BChw.clone(), torch.zeros_like(f_BChw)
+        codes, fhats = [], []
+        for si, pn in enumerate(self.v_patch_nums):
+            idx_Bl = self.lookup(self._residual_rows(f_rest, si), codebook_VC).view(B, pn * pn)
+            h_BCHW = self.contribution(si, idx_Bl)
+            f_hat.add_(h_BCHW)
+            f_rest.sub_(h_BCHW)
+            codes.append(idx_Bl)
+            if return_fhats:
+                fhats.append(f_hat.clone())
+        return (codes, fhats) if return_fhats else codes
+
+    def codes_to_fhats(self, codes: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Cumulative f_hat (B, C, H, W) after each of the given scales (a prefix of all scales is allowed)."""
+        self._check_codes(codes)
+        fhats, f_hat = [], None
+        for si, idx_Bl in enumerate(codes):
+            h_BCHW = self.contribution(si, idx_Bl)
+            f_hat = h_BCHW if f_hat is None else f_hat + h_BCHW
+            fhats.append(f_hat)
+        return fhats
+
+    def var_input(self, codes: list[torch.Tensor]) -> torch.Tensor:
+        """Teacher-forcing input of the generator: f_hat after scale si, area-downsampled to scale si + 1.
+
+        Returns (B, L - first_l, C), scales 1..K-1 concatenated along the token axis.
+        """
+        self._check_codes(codes, full=True)
+        nexts, f_hat = [], None
+        for si in range(self.num_scales - 1):
+            h_BCHW = self.contribution(si, codes[si])
+            f_hat = h_BCHW if f_hat is None else f_hat + h_BCHW
+            pn_next = self.v_patch_nums[si + 1]
+            nexts.append(F.interpolate(f_hat, size=(pn_next, pn_next), mode="area").flatten(2).transpose(1, 2))
+        return torch.cat(nexts, dim=1)
+
+    # training ----------------------------------------------------------------------------------------------
+    def forward(self, f_BChw: torch.Tensor, n_keep_B: torch.Tensor | None = None) -> QuantizerTrainOutput:
+        """Quantize with gradients: codebook and phi learn from the VQ loss, the input gets a straight-through
+        gradient. Sample b keeps only its first ``n_keep_B[b]`` scales (quantizer dropout); None keeps all."""
+        self._check_input(f_BChw)
+        f = f_BChw.float()
+        B, K = f.shape[0], self.num_scales
+        if n_keep_B is None:
+            n_keep_B = torch.full((B,), K, device=f.device)
+        f_ng = f.detach()
+        f_rest, f_hat = f_ng.clone(), torch.zeros_like(f_ng)
+        codebook_VC = F.normalize(self.embedding.weight.detach(), dim=-1)
+        hits_KV = f.new_zeros(K, self.codebook_size)
+        vq_loss = f.new_zeros(())
+        for si, pn in enumerate(self.v_patch_nums):
+            idx_Bl = self.lookup(self._residual_rows(f_rest, si), codebook_VC).view(B, pn * pn)
+            hits_KV[si] = idx_Bl.flatten().bincount(minlength=self.codebook_size).float()
+            h_BCHW = self.contribution(si, idx_Bl)
+            keep_B111 = (si < n_keep_B).to(f.dtype).view(B, 1, 1, 1)
+            f_hat = f_hat + h_BCHW * keep_B111
+            f_rest = f_rest - h_BCHW.detach()
+            kept = keep_B111.sum()
+            if kept > 0:
+                per_elem = self.beta * (f_hat.detach() - f).square() + (f_hat - f_ng).square()
+                vq_loss = vq_loss + (per_elem * keep_B111).mean() * (B / kept)
+        vq_loss = vq_loss / K
+        return QuantizerTrainOutput(f_hat=f_hat.detach() - f_ng + f, vq_loss=vq_loss, hits_KV=hits_KV)
+
+    @torch.no_grad()
+    def update_usage(self, hits_KV: torch.Tensor) -> None:
+        """Fold one step's (already all-reduced) code hits into the usage EMA."""
+        momentum = 0.0 if self.usage_updates == 0 else (0.9 if self.usage_updates < 100 else 0.99)
+        self.ema_vocab_hit_SV.mul_(momentum).add_(hits_KV.to(self.ema_vocab_hit_SV), alpha=1 - momentum)
+        self.usage_updates += 1
+
+    @torch.no_grad()
+    def usage(self) -> list[float]:
+        """Per scale, the percentage of codes picked at least 8% as often as uniform use would pick them."""
+        total_K1 = self.ema_vocab_hit_SV.sum(dim=1, keepdim=True)
+        margin_K1 = total_K1 / self.codebook_size * 0.08
+        used = (self.ema_vocab_hit_SV >= margin_K1) & (total_K1 > 0)
+        return (used.float().mean(dim=1) * 100).tolist()
+
+    # validation --------------------------------------------------------------------------------------------
+    def _check_input(self, f_BChw: torch.Tensor) -> None:
+        if f_BChw.ndim != 4 or f_BChw.shape[1] != self.dim or f_BChw.shape[-2:] != (self.side, self.side):
+            raise ValueError(f"quantizer expects (B, {self.dim}, {self.side}, {self.side}), got {tuple(f_BChw.shape)}")
+
+    def _check_codes(self, codes: list[torch.Tensor], full: bool = False) -> None:
+        if not 1 <= len(codes) <= self.num_scales or (full and len(codes) != self.num_scales):
+            need = f"{self.num_scales}" if full else f"1..{self.num_scales}"
+            raise ValueError(f"expected {need} scales of codes, got {len(codes)}")
+        for si, idx in enumerate(codes):
+            pn = self.v_patch_nums[si]
+            if idx.ndim != 2 or idx.shape[1] != pn * pn:
+                raise ValueError(f"codes of scale {si} must be (B, {pn * pn}), got {tuple(idx.shape)}")
