@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -34,12 +35,14 @@ class PhiSchedule(nn.Module):
         super().__init__()
         make = (lambda: Phi(dim, resi_ratio)) if abs(resi_ratio) > 1e-6 else nn.Identity
         self.qresi_ls = nn.ModuleList([make() for _ in range(count)])
-        lo = 1 / 3 / count if count == 4 else 1 / 2 / count  # the official tick placement
-        self.ticks = [lo + (1 - 2 * lo) * i / (count - 1) for i in range(count)] if count > 1 else [lo]
+        lo = 1 / 3 / count if count == 4 else 1 / 2 / count
+        # the official tick placement, computed exactly as numpy does: scales 2 and 7 of 10 sit on exact ties
+        # between two ticks, and the rounding of these floats decides which conv they use
+        self.ticks = np.linspace(lo, 1 - lo, count)
 
     def index(self, si: int, num_scales: int) -> int:
         at = si / (num_scales - 1) if num_scales > 1 else 0.0
-        return min(range(len(self.ticks)), key=lambda i: abs(self.ticks[i] - at))
+        return int(np.argmin(np.abs(self.ticks - at)))
 
     def forward(self, h_BChw: torch.Tensor, si: int, num_scales: int) -> torch.Tensor:
         return self.qresi_ls[self.index(si, num_scales)](h_BChw)
