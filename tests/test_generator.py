@@ -1,0 +1,195 @@
+"""The VAR generator: mask, KV cache, guidance, sampling determinism, our checkpoint format."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import imagefolder as imf
+from imagefolder.models.generator import block_causal_mask
+
+
+def test_mask_lets_each_scale_see_itself_and_earlier_scales_only():
+    patch_nums = (1, 2, 3)
+    mask = block_causal_mask(patch_nums)[0, 0]
+    scale_of = [0] + [1] * 4 + [2] * 9
+    for q in range(14):
+        for k in range(14):
+            assert (mask[q, k] == 0) == (scale_of[k] <= scale_of[q]), (q, k)
+
+
+def test_teacher_forcing_is_causal_over_scales(tiny_generator, ref):
+    """Changing the codes of the last scale does not change any logits (they only feed later scales), and
+    changing the codes of scale 1 changes logits of scales 2.. but not of scales 0..1."""
+    gen = tiny_generator
+    codes = gen.tokenizer.encode(ref["x"])
+    with torch.no_grad():
+        base = gen(ref["labels"], codes)
+        last = [c[:3] + [(c[3] + 1) % 64] for c in codes]
+        torch.testing.assert_close(gen(ref["labels"], last), base, rtol=0, atol=0)
+        mid = [[c[0], (c[1] + 1) % 64, c[2], c[3]] for c in codes]
+        changed = gen(ref["labels"], mid)
+    torch.testing.assert_close(changed[:, :5], base[:, :5], rtol=0, atol=0)
+    assert not torch.allclose(changed[:, 5:], base[:, 5:])
+
+
+def test_kv_cached_logits_equal_full_forward(tiny_generator, ref):
+    gen = tiny_generator
+    codes = gen.tokenizer.encode(ref["x"])
+    with torch.no_grad():
+        full = gen(ref["labels"], codes)
+    cached = gen.guided_logits(ref["labels"], codes, cfg=0.0)
+    incremental = torch.cat([torch.cat([cached[p][si] for p in range(2)], dim=-1) for si in range(4)], dim=1)
+    torch.testing.assert_close(incremental, full, rtol=0, atol=1e-5)
+
+
+def test_guidance_mixes_conditional_and_unconditional(tiny_generator, ref):
+    gen = tiny_generator
+    codes = gen.tokenizer.encode(ref["x"])
+    uncond = torch.full_like(ref["labels"], gen.num_classes)
+    with torch.no_grad():
+        c = gen(ref["labels"], codes)
+        u = gen(uncond, codes)
+    guided = gen.guided_logits(ref["labels"], codes, cfg=2.0, cfg_schedule="constant")
+    flat = torch.cat([torch.cat([guided[p][si] for p in range(2)], dim=-1) for si in range(4)], dim=1)
+    torch.testing.assert_close(flat, 3 * c - 2 * u, rtol=0, atol=5e-5)
+
+
+def test_top_k_one_is_argmax(tiny_generator):
+    labels = torch.tensor([1, 4, 7])
+    img, codes = tiny_generator.generate(labels, cfg=1.5, top_k=1, top_p=0.0, seed=3, return_codes=True)
+    guided = tiny_generator.guided_logits(labels, codes, cfg=1.5)
+    for p in range(2):
+        for si in range(4):
+            assert torch.equal(codes[p][si], guided[p][si].argmax(dim=-1)), (p, si)
+    assert img.shape == (3, 3, 64, 64) and img.min() >= 0 and img.max() <= 1
+
+
+def test_samples_come_from_the_top_k_and_the_nucleus(tiny_generator):
+    labels = torch.arange(10)
+    _, codes = tiny_generator.generate(labels, cfg=1.0, top_k=5, top_p=0.5, seed=0, return_codes=True)
+    guided = tiny_generator.guided_logits(labels, codes, cfg=1.0)
+    for p in range(2):
+        for si in range(4):
+            lg = guided[p][si]
+            rank = (lg > lg.gather(-1, codes[p][si].unsqueeze(-1))).sum(-1)
+            assert rank.max() < 5
+            probs = lg.softmax(-1)
+            mass_above = (probs * (probs > probs.gather(-1, codes[p][si].unsqueeze(-1)))).sum(-1)
+            assert mass_above.max() < 0.5 + 1e-6  # the code is inside the smallest set reaching 50%
+
+
+def test_same_seed_same_image_for_any_batch_size(tiny_generator):
+    labels = torch.tensor([2, 5, 5, 9])
+    batch4, codes4 = tiny_generator.generate(labels, seed=11, top_k=32, return_codes=True)
+    for i in range(4):
+        one, codes1 = tiny_generator.generate(labels[i:i + 1], seed=11, indices=[i], top_k=32, return_codes=True)
+        for p in range(2):
+            for si in range(4):
+                assert torch.equal(codes1[p][si][0], codes4[p][si][i]), (i, p, si)
+        torch.testing.assert_close(one[0], batch4[i], rtol=0, atol=1e-5)
+    other, _ = tiny_generator.generate(labels, seed=12, top_k=32, return_codes=True)
+    assert not torch.allclose(other, batch4)
+    # same label, different index: different images
+    assert not torch.allclose(batch4[1], batch4[2])
+
+
+def test_joint_sampling_runs_and_is_deterministic(tiny_generator):
+    labels = torch.tensor([0, 3])
+    a = tiny_generator.generate(labels, seed=5, top_k=16, joint_sample=True)
+    b = tiny_generator.generate(labels, seed=5, top_k=16, joint_sample=True)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_bfloat16_sampling_is_close_to_float32_logits(tiny_generator, ref):
+    codes = tiny_generator.tokenizer.encode(ref["x"])
+    f32 = tiny_generator.guided_logits(ref["labels"], codes, cfg=1.0)
+    bf16 = tiny_generator.guided_logits(ref["labels"], codes, cfg=1.0, dtype=torch.bfloat16)
+    for p in range(2):
+        for si in range(4):
+            assert (bf16[p][si] - f32[p][si]).abs().max() < 0.1 * f32[p][si].abs().max() + 0.05
+    img = tiny_generator.generate(ref["labels"], seed=0, top_k=8, dtype=torch.bfloat16)
+    assert img.dtype == torch.float32 and img.shape == (2, 3, 64, 64)
+
+
+def test_training_mode_drops_labels_and_eval_does_not(ref):
+    torch.manual_seed(0)
+    gen = imf.load_generator("tiny")
+    gen.config.cond_drop_rate = 1.0
+    codes = gen.tokenizer.encode(ref["x"])
+    uncond = torch.full_like(ref["labels"], gen.num_classes)
+    with torch.no_grad():
+        dropped = gen.train()(ref["labels"], codes)
+        gen.eval()
+        torch.testing.assert_close(dropped, gen(uncond, codes), rtol=0, atol=1e-6)
+        assert not torch.allclose(gen(ref["labels"], codes), dropped)
+    assert not gen.tokenizer.training
+
+
+def test_token_masking_only_in_training(ref):
+    gen = imf.Generator(imf.generator_preset("tiny", p_drop=0.5))
+    codes = gen.tokenizer.encode(ref["x"])
+    with torch.no_grad():
+        a, b = gen.eval()(ref["labels"], codes), gen(ref["labels"], codes)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    gen.config.cond_drop_rate = 0.0
+    torch.manual_seed(1)
+    logits = gen.train()(ref["labels"], codes)
+    logits.sum().backward()
+    assert gen.empty_emb.weight.grad is not None
+
+
+def test_gradients_reach_every_generator_parameter(ref):
+    gen = imf.load_generator("tiny").train()
+    codes = gen.tokenizer.encode(ref["x"])
+    logits = gen(ref["labels"], codes)
+    targets = torch.cat([torch.cat(c, dim=1) for c in codes], dim=0)
+    loss = torch.nn.functional.cross_entropy(
+        torch.cat(logits.chunk(2, dim=-1), dim=0).reshape(-1, 64), targets.reshape(-1))
+    loss.backward()
+    for name, p in gen.named_parameters():
+        if name.startswith("tokenizer."):
+            assert p.grad is None
+        else:
+            assert p.grad is not None, name
+
+
+def test_our_generator_format_round_trip(tmp_path, tiny_generator, ref):
+    out = imf.save_generator(tiny_generator, tmp_path / "gen")
+    gen = imf.load_generator(out)
+    a = tiny_generator.generate(ref["labels"], seed=1, top_k=8)
+    b = gen.generate(ref["labels"], seed=1, top_k=8)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # the tokenizer inside a generator directory loads on its own too
+    tok = imf.load_tokenizer(out)
+    torch.testing.assert_close(tok.reconstruct(ref["x"]), tiny_generator.tokenizer.reconstruct(ref["x"]),
+                               rtol=0, atol=0)
+
+
+def test_convert_var_checkpoint_round_trip(tmp_path, tiny_generator, ref):
+    from conftest import DATA
+    kind, ours = imf.convert(DATA / "tiny_var.pt", tmp_path / "ours", tokenizer=DATA / "tiny_tokenizer.pt")
+    assert kind == "generator"
+    _, official = imf.convert(ours, tmp_path / "back.pt")
+    gen = imf.load_generator(official)  # our export records the tiny tokenizer's sizes in its args
+    codes = tiny_generator.tokenizer.encode(ref["x"])
+    with torch.no_grad():
+        torch.testing.assert_close(gen(ref["labels"], codes), tiny_generator(ref["labels"], codes), rtol=0, atol=0)
+
+
+def test_bad_labels_and_options_are_clear_errors(tiny_generator):
+    with pytest.raises(ValueError, match="labels must be in"):
+        tiny_generator.generate([10])
+    with pytest.raises(ValueError, match="cfg schedule"):
+        tiny_generator.generate([1], cfg_schedule="cosine")
+    with pytest.raises(ValueError, match="dtype"):
+        tiny_generator.generate([1], dtype=torch.float64)
+    with pytest.raises(imf.ConfigError, match="divisible"):
+        imf.generator_preset("tiny", num_heads=3)
+
+
+def test_presets_derive_width_and_heads_from_depth():
+    cfg = imf.generator_preset("d20")
+    assert (cfg.embed_dim, cfg.num_heads, cfg.tokenizer.codebook_size) == (1280, 20, 4096)
+    assert abs(cfg.drop_path_rate - 0.1 * 20 / 24) < 1e-12
+    cfg = imf.generator_preset("d16", depth=24)  # overrides re-derive the dependent fields
+    assert (cfg.embed_dim, cfg.num_heads) == (1536, 24)
