@@ -139,3 +139,20 @@ def test_config_validation():
         imf.tokenizer_preset("huge")
     with pytest.raises(imf.ConfigError, match="unknown TokenizerConfig field"):
         imf.TokenizerConfig.from_dict({"codebook_sz": 3})
+
+
+def test_pretrained_backbone_from_a_local_file(tmp_path):
+    """DINOv2-style weights in timm's format (patch 14, 37x37 grid) are resampled to our patch and grid size."""
+    import timm
+    from safetensors.torch import save_file
+    src = timm.create_model("vit_small_patch14_dinov2.lvd142m", pretrained=False, embed_dim=64, depth=2,
+                            num_heads=2, num_classes=0)
+    path = tmp_path / "dinov2_tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, path)
+    tok = imf.Tokenizer(imf.tokenizer_preset("tiny"), pretrained_backbone=path)
+    assert tuple(tok.encoder.model.pos_embed.shape) == (1, 65, 64)
+    assert tuple(tok.encoder.model.patch_embed.proj.weight.shape) == (64, 3, 8, 8)
+    for vit in (tok.encoder.model, tok.decoder.model, tok.semantic_model):
+        assert torch.equal(vit.blocks[1].mlp.fc2.weight, src.blocks[1].mlp.fc2.weight)
+    with pytest.raises(FileNotFoundError, match="weights file not found"):
+        imf.Tokenizer(imf.tokenizer_preset("tiny"), pretrained_backbone=tmp_path / "missing.safetensors")

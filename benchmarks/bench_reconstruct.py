@@ -1,0 +1,41 @@
+"""Full-size tokenizer reconstruction speed on CPU (imagefolder-4096, 256 px, random weights).
+
+Prints wall time per batch for fp32 (exact) and bf16 autocast at batch 1 and 8, with the ratio against the fp32
+run measured in the same process.  Usage: python benchmarks/bench_reconstruct.py [--batch-sizes 1 8] [--repeats 3]
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+import imagefolder as imf
+from _timing import best_of, machine
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="imagefolder-4096", help="tokenizer preset to time")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], help="batch sizes to time")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per setting (the best is reported)")
+    args = ap.parse_args()
+
+    torch.manual_seed(0)
+    tok = imf.load_tokenizer(args.preset)
+    size = tok.config.image_size
+    print(f"machine: {machine()}")
+    print(f"tokenizer {args.preset}: {sum(p.numel() for p in tok.parameters()) / 1e6:.1f} M parameters")
+    for B in args.batch_sizes:
+        x = torch.rand(B, 3, size, size) * 2 - 1
+        fp32 = best_of(lambda: tok.reconstruct(x), args.repeats)
+
+        def bf16():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                tok.reconstruct(x)
+        t_bf16 = best_of(bf16, args.repeats)
+        print(f"batch {B:2d}: fp32 {fp32:6.3f} s ({fp32 / B:6.3f} s/img) | bf16 autocast {t_bf16:6.3f} s "
+              f"({t_bf16 / B:6.3f} s/img) | bf16 speed-up x{fp32 / t_bf16:.2f}")
+
+
+if __name__ == "__main__":
+    main()
