@@ -193,3 +193,22 @@ def test_presets_derive_width_and_heads_from_depth():
     assert abs(cfg.drop_path_rate - 0.1 * 20 / 24) < 1e-12
     cfg = imf.generator_preset("d16", depth=24)  # overrides re-derive the dependent fields
     assert (cfg.embed_dim, cfg.num_heads) == (1536, 24)
+
+
+def test_low_precision_weight_cache_matches_plain_autocast_and_follows_updates(ref):
+    gen = imf.load_generator("tiny")
+    labels = torch.tensor([1, 2])
+    _, codes = gen.generate(labels, seed=0, top_k=8, return_codes=True)
+
+    def plain():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return gen.guided_logits(labels, codes)  # float32 request inside an outer autocast: no cached copies
+
+    def same(a, b):
+        return all(torch.equal(x, y) for xs, ys in zip(a, b) for x, y in zip(xs, ys))
+    assert same(gen.guided_logits(labels, codes, dtype=torch.bfloat16), plain())
+    assert gen.head.weight.dtype == torch.float32  # the fp32 weights are back after the call
+    with torch.no_grad():
+        gen.head.weight.mul_(2.0)  # an in-place update invalidates the cached copy
+    assert same(gen.guided_logits(labels, codes, dtype=torch.bfloat16), plain())
+    gen.clear_low_precision_cache()

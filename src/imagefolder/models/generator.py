@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 
 from ..config import GeneratorConfig
+from .lowp import LowPrecisionWeights
 from .sampling import CFG_SCHEDULES, PerImageRNG, cfg_weight, sample_branches
 from .tokenizer import Codes, Tokenizer
 from .vit import level_ids
@@ -172,6 +173,7 @@ class Generator(nn.Module):
         self.head = nn.Linear(C, self.P * self.V)
         if c.p_drop > 0:
             self.empty_emb = nn.Embedding(1, C)
+        self._lowp = LowPrecisionWeights()
         self.init_weights()
 
     # constants derived from the scale schedule (the official model stores them as buffers) --------------------
@@ -251,12 +253,21 @@ class Generator(nn.Module):
         return torch.where(masked, self.empty_emb.weight.view(1, 1, -1).to(x_BLC.dtype), x_BLC)
 
     # sampling ------------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
     def _autocast(self, dtype: torch.dtype):
+        """float32: nothing; bfloat16/float16: autocast, with Linear weights cast once and kept between calls
+        (``clear_low_precision_cache`` frees those copies)."""
         if dtype == torch.float32:
-            return contextlib.nullcontext()
+            yield
+            return
         if dtype not in (torch.bfloat16, torch.float16):
             raise ValueError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
-        return torch.autocast(device_type=self.pos_1LC.device.type, dtype=dtype)
+        with torch.autocast(device_type=self.pos_1LC.device.type, dtype=dtype), self._lowp.swapped(self, dtype):
+            yield
+
+    def clear_low_precision_cache(self) -> None:
+        """Free the bf16/fp16 weight copies kept for low-precision sampling."""
+        self._lowp.clear()
 
     def _scale_by_scale(self, labels_B: torch.Tensor, choose, cfg: float, cfg_schedule: str):
         """Run the KV-cached AR loop; ``choose(si, guided_logits_per_branch)`` returns each branch's (B, l) codes.

@@ -1,0 +1,44 @@
+"""Low-precision copies of Linear weights, kept between calls.
+
+Under ``torch.autocast`` every fp32 Linear weight is cast to bf16/fp16 again in each autocast region; for a 314 M
+parameter generator on CPU that is about a quarter of a bf16 sampling call. ``LowPrecisionWeights.swapped`` puts
+cached casts in place of the weights for the duration of a block. Autocast would have produced the same tensors,
+so results are unchanged; a cached copy is rebuilt when its weight is replaced or modified in place.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn as nn
+
+
+class LowPrecisionWeights:
+    def __init__(self) -> None:
+        self._cache: dict[int, tuple[nn.Parameter, int, nn.Parameter]] = {}
+
+    def _copy(self, m: nn.Linear, dtype: torch.dtype) -> nn.Parameter:
+        w = m.weight
+        entry = self._cache.get(id(m))
+        if entry is None or entry[0] is not w or entry[1] != w._version or entry[2].dtype != dtype \
+                or entry[2].device != w.device:
+            entry = (w, w._version, nn.Parameter(w.detach().to(dtype), requires_grad=False))
+            self._cache[id(m)] = entry
+        return entry[2]
+
+    @contextlib.contextmanager
+    def swapped(self, module: nn.Module, dtype: torch.dtype):
+        """Inside the block, every fp32 ``nn.Linear`` weight of ``module`` is its cached ``dtype`` copy."""
+        saved = []
+        try:
+            for m in module.modules():
+                if isinstance(m, nn.Linear) and m.weight.dtype == torch.float32:
+                    saved.append((m, m.weight))
+                    m.weight = self._copy(m, dtype)
+            yield
+        finally:
+            for m, w in saved:
+                m.weight = w
+
+    def clear(self) -> None:
+        self._cache.clear()
