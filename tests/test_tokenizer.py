@@ -156,3 +156,19 @@ def test_pretrained_backbone_from_a_local_file(tmp_path):
         assert torch.equal(vit.blocks[1].mlp.fc2.weight, src.blocks[1].mlp.fc2.weight)
     with pytest.raises(FileNotFoundError, match="weights file not found"):
         imf.Tokenizer(imf.tokenizer_preset("tiny"), pretrained_backbone=tmp_path / "missing.safetensors")
+
+
+def test_low_precision_context_equals_autocast(tiny_tokenizer, x):
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = tiny_tokenizer.reconstruct(x)
+    with tiny_tokenizer.precision(torch.bfloat16):
+        cached = tiny_tokenizer.reconstruct(x)
+        again = tiny_tokenizer.reconstruct(x)
+    assert torch.equal(plain, cached) and torch.equal(cached, again)
+    assert tiny_tokenizer.decoder.to_pixel.weight.dtype == torch.float32
+    with tiny_tokenizer.precision(torch.float32):
+        torch.testing.assert_close(tiny_tokenizer.reconstruct(x), tiny_tokenizer.reconstruct(x), rtol=0, atol=0)
+    tiny_tokenizer.clear_low_precision_cache()
+    with pytest.raises(ValueError, match="dtype"):
+        with tiny_tokenizer.precision(torch.int8):
+            pass

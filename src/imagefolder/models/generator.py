@@ -11,7 +11,6 @@ Glossary: ``B`` batch, ``L`` tokens over all scales, ``l`` tokens of one scale, 
 """
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 
 from ..config import GeneratorConfig
-from .lowp import LowPrecisionWeights
+from .lowp import LowPrecisionWeights, low_precision
 from .sampling import CFG_SCHEDULES, PerImageRNG, cfg_weight, sample_branches
 from .tokenizer import Codes, Tokenizer
 from .vit import level_ids
@@ -253,20 +252,11 @@ class Generator(nn.Module):
         return torch.where(masked, self.empty_emb.weight.view(1, 1, -1).to(x_BLC.dtype), x_BLC)
 
     # sampling ------------------------------------------------------------------------------------------------
-    @contextlib.contextmanager
     def _autocast(self, dtype: torch.dtype):
-        """float32: nothing; bfloat16/float16: autocast, with Linear weights cast once and kept between calls
-        (``clear_low_precision_cache`` frees those copies)."""
-        if dtype == torch.float32:
-            yield
-            return
-        if dtype not in (torch.bfloat16, torch.float16):
-            raise ValueError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
-        with torch.autocast(device_type=self.pos_1LC.device.type, dtype=dtype), self._lowp.swapped(self, dtype):
-            yield
+        return low_precision(self, dtype, self._lowp)
 
     def clear_low_precision_cache(self) -> None:
-        """Free the bf16/fp16 weight copies kept for low-precision sampling."""
+        """Free the bf16/fp16 weight copies kept between low-precision sampling calls."""
         self._lowp.clear()
 
     def _scale_by_scale(self, labels_B: torch.Tensor, choose, cfg: float, cfg_schedule: str):

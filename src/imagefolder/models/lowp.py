@@ -42,3 +42,17 @@ class LowPrecisionWeights:
 
     def clear(self) -> None:
         self._cache.clear()
+
+
+@contextlib.contextmanager
+def low_precision(module: nn.Module, dtype: torch.dtype, cache: LowPrecisionWeights):
+    """float32: nothing; bfloat16/float16: autocast on the module's device, with its Linear weights taken from
+    ``cache`` (cast once, reused by later calls)."""
+    if dtype == torch.float32:
+        yield
+        return
+    if dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
+    device_type = next(module.parameters()).device.type
+    with torch.autocast(device_type=device_type, dtype=dtype), cache.swapped(module, dtype):
+        yield

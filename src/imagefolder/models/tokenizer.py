@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import TokenizerConfig
+from .lowp import LowPrecisionWeights, low_precision
 from .quantizer import MultiScaleQuantizer
 from .vit import LatentViTDecoder, LatentViTEncoder, create_vit
 
@@ -44,6 +45,7 @@ class Tokenizer(nn.Module):
         download; a path: a local timm weights file). Loading a checkpoint afterwards overrides them anyway."""
         super().__init__()
         self.config = c = config
+        self._lowp = LowPrecisionWeights()
         vit = dict(image_size=c.image_size, patch_size=c.patch_size, vit_kwargs=c.vit_kwargs)
         self.encoder = LatentViTEncoder(
             create_vit(c.encoder_model, drop_path_rate=c.drop_path_rate, pretrained=pretrained_backbone, **vit),
@@ -62,6 +64,14 @@ class Tokenizer(nn.Module):
             self.semantic_model.requires_grad_(False).eval()
             if not c.half_sem:
                 self.sem_linear = nn.Conv2d(c.product_quant * c.codebook_embed_dim, c.codebook_embed_dim, 1)
+
+    def precision(self, dtype: torch.dtype):
+        """Context manager: run inside it in ``dtype`` (float32: unchanged; bfloat16/float16: autocast, with the
+        Linear weights cast once and kept between calls; ``clear_low_precision_cache`` frees them)."""
+        return low_precision(self, dtype, self._lowp)
+
+    def clear_low_precision_cache(self) -> None:
+        self._lowp.clear()
 
     def train(self, mode: bool = True) -> "Tokenizer":
         super().train(mode)
