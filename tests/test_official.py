@@ -217,7 +217,7 @@ def test_tokenizer_file_is_not_a_generator():
 
 
 def test_var_file_without_tokenizer_shape_says_what_to_pass():
-    with pytest.raises(imf.CheckpointError, match="pass tokenizer="):
+    with pytest.raises(imf.CheckpointError, match="tokenizer="):
         imf.load_generator(DATA / "tiny_var.pt")
 
 
@@ -240,3 +240,15 @@ def test_padded_xformers_mask_is_accepted(tmp_path, ref):
     torch.save(ckpt, tmp_path / "bad.pt")
     with pytest.raises(imf.CheckpointError, match="attn_bias_for_masking"):
         imf.load_generator(tmp_path / "bad.pt", tokenizer="tiny")
+
+
+def test_non_checkpoint_file_is_named_as_such(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("codebook_size: 4096\n")
+    with pytest.raises(imf.CheckpointError, match="not a PyTorch checkpoint"):
+        imf.load_tokenizer(path)
+
+
+def test_tokenizer_inside_var_file_needs_its_shape():
+    with pytest.raises(imf.CheckpointError, match="config="):
+        imf.load_tokenizer(DATA / "tiny_var.pt")

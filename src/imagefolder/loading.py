@@ -64,9 +64,18 @@ def load_tokenizer(spec: TokenizerSpec, *, config: TokenizerConfig | None = None
     return _tokenizer_from_official(safe_torch_load(path), str(path), config)
 
 
+_SHAPE_HINT = ("The file's args describe the tokenizer only partly (official models are 256 px ViT-B); pass its "
+               "configuration (tokenizer= for load_generator / convert, config= for load_tokenizer)")
+
+
 def _tokenizer_from_official(ckpt: Any, where: str, config: TokenizerConfig | None) -> Tokenizer:
     model = _empty(Tokenizer, config or tokenizer_config_from_checkpoint(ckpt, where))
-    load_official_state_dict(model, tokenizer_weights(ckpt, where), where)
+    try:
+        load_official_state_dict(model, tokenizer_weights(ckpt, where), where)
+    except CheckpointError as e:
+        if config is not None or "shape" not in str(e):
+            raise
+        raise CheckpointError(f"{e}. {_SHAPE_HINT}") from None
     return model.eval()
 
 
@@ -116,14 +125,9 @@ def load_generator(spec: str | Path, *, tokenizer: TokenizerSpec | None = None) 
 def _generator_from_official(ckpt: Any, where: str, tokenizer: TokenizerSpec | None) -> Generator:
     if not is_var_checkpoint(ckpt):
         raise CheckpointError(f"{where}: not a VAR checkpoint (no trainer.var_wo_ddp); is it a tokenizer checkpoint?")
-    tok_cfg = _tokenizer_config(tokenizer) if tokenizer is not None else tokenizer_config_from_checkpoint(ckpt, where)
-    try:
-        tok = _tokenizer_from_official(ckpt, f"{where} (trainer.vae_local)", tok_cfg)
-    except CheckpointError as e:
-        if tokenizer is not None:
-            raise
-        raise CheckpointError(f"{e}. The VAR file's args describe the tokenizer only partly (official models are "
-                              "256 px ViT-B); pass tokenizer= (its checkpoint, preset or config)") from None
+    tok_cfg = _tokenizer_config(tokenizer) if tokenizer is not None else None
+    tok = _tokenizer_from_official(ckpt, f"{where} (trainer.vae_local)", tok_cfg)
+    tok_cfg = tok.config
     var_state = ckpt["trainer"]["var_wo_ddp"]
     cfg = generator_config_from_args(ckpt.get("args", {}), tok_cfg)
     if "class_emb.weight" in var_state:  # the official builder hard-codes 1000 classes; the weights say the truth

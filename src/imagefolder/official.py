@@ -36,13 +36,21 @@ def safe_torch_load(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):  # torch zip archive, or a legacy pickle
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither a torch.save archive nor a pickle)")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        reason = str(e).strip().splitlines()
-        detail = next((line.strip() for line in reason if "GLOBAL" in line or "global" in line), reason[0] if reason else "")
-        raise CheckpointError(f"{path}: refused to load (not a plain weights checkpoint: {detail[:200]})") from None
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        banned = next((line for line in lines if "Unsupported global" in line or "GLOBAL" in line), None)
+        if banned is not None:  # a pickle that asks to build an object outside the allowlist
+            raise CheckpointError(f"{path}: refused to load: it asks to build objects that plain weights never "
+                                  f"need ({banned[:160]})") from None
+        after = [lines[i + 1] for i, line in enumerate(lines[:-1]) if line.endswith("error:")]
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({(after or lines or [''])[0][:160]})") from None
     except Exception as e:  # the unpickler fails in many ways on garbage (IndexError, EOFError, RuntimeError, ...)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first[:200]})") from None
