@@ -111,3 +111,15 @@ def test_bad_shapes_are_clear_errors(quantizer):
         quantizer.encode(torch.randn(1, 8, 4, 4))
     with pytest.raises(ValueError, match="scale 1"):
         quantizer.codes_to_fhats([torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, 3, dtype=torch.long)])
+
+
+def test_loss_terms_follow_the_official_formula(quantizer):
+    """Per kept scale: beta * mse(sg(f_hat), f) + mse(f_hat, sg(f)), averaged over the samples keeping it, then
+    over scales (here without dropout, so both are plain means)."""
+    f = torch.randn(2, 8, 5, 5)
+    out = quantizer(f)
+    _, fhats = quantizer.encode(f, return_fhats=True)
+    mse = torch.stack([(fh - f).square().mean() for fh in fhats]).mean()
+    torch.testing.assert_close(out.commit_loss, quantizer.beta * mse, rtol=1e-5, atol=0)
+    torch.testing.assert_close(out.codebook_loss, mse, rtol=1e-5, atol=0)
+    torch.testing.assert_close(out.vq_loss, (1 + quantizer.beta) * mse, rtol=1e-5, atol=0)

@@ -36,7 +36,7 @@ def test_training_forward_losses_usage_and_dropout(x):
     xb = x.repeat(5, 1, 1, 1)  # B = 10 -> the first int(10 * 0.1) = 1 sample is dropped
     out = tok(xb)
     assert out.recon.shape == xb.shape
-    assert set(out.losses) == {"vq", "semantic"}
+    assert set(out.losses) == {"codebook", "commitment", "semantic"}
     assert all(torch.isfinite(v) for v in out.losses.values())
     assert len(out.usages) == 4 and all(0 <= u <= 100 for u in out.usages)
     assert out.n_keep[1:].tolist() == [4] * 9 and 3 <= out.n_keep[0] <= 4
@@ -95,7 +95,7 @@ def test_without_semantic_guide_there_is_no_teacher():
     tok = imf.Tokenizer(imf.tokenizer_preset("tiny", semantic_guide="none"))
     assert not hasattr(tok, "semantic_model")
     out = tok(torch.zeros(1, 3, 64, 64))
-    assert set(out.losses) == {"vq"}
+    assert set(out.losses) == {"codebook", "commitment"}
 
 
 def test_wrong_image_size_is_a_clear_error(tiny_tokenizer):

@@ -50,9 +50,15 @@ class PhiSchedule(nn.Module):
 
 @dataclass
 class QuantizerTrainOutput:
-    f_hat: torch.Tensor      # (B, C, H, W): quantized values, gradient straight through to the input
-    vq_loss: torch.Tensor    # scalar: commitment (beta-weighted, to the encoder) + codebook term, mean over scales
-    hits_KV: torch.Tensor    # (K, V): how often each code was picked at each scale in this batch
+    f_hat: torch.Tensor          # (B, C, H, W): quantized values, gradient straight through to the input
+    codebook_loss: torch.Tensor  # scalar: ||f_hat - sg(f)||^2, trains codebook and phi; mean over kept scales
+    commit_loss: torch.Tensor    # scalar: beta ||sg(f_hat) - f||^2, pulls the encoder to its codes
+    hits_KV: torch.Tensor        # (K, V): how often each code was picked at each scale in this batch
+
+    @property
+    def vq_loss(self) -> torch.Tensor:
+        """The official ``mean_vq_loss``: commitment + codebook terms."""
+        return self.codebook_loss + self.commit_loss
 
 
 class MultiScaleQuantizer(nn.Module):
@@ -153,7 +159,7 @@ class MultiScaleQuantizer(nn.Module):
         f_rest, f_hat = f_ng.clone(), torch.zeros_like(f_ng)
         codebook_VC = F.normalize(self.embedding.weight.detach(), dim=-1)
         hits_KV = f.new_zeros(K, self.codebook_size)
-        vq_loss = f.new_zeros(())
+        codebook_loss, commit_loss = f.new_zeros(()), f.new_zeros(())
         for si, pn in enumerate(self.v_patch_nums):
             idx_Bl = self.lookup(self._residual_rows(f_rest, si), codebook_VC).view(B, pn * pn)
             hits_KV[si] = idx_Bl.flatten().bincount(minlength=self.codebook_size).float()
@@ -162,11 +168,11 @@ class MultiScaleQuantizer(nn.Module):
             f_hat = f_hat + h_BCHW * keep_B111
             f_rest = f_rest - h_BCHW.detach()
             kept = keep_B111.sum()
-            if kept > 0:
-                per_elem = self.beta * (f_hat.detach() - f).square() + (f_hat - f_ng).square()
-                vq_loss = vq_loss + (per_elem * keep_B111).mean() * (B / kept)
-        vq_loss = vq_loss / K
-        return QuantizerTrainOutput(f_hat=f_hat.detach() - f_ng + f, vq_loss=vq_loss, hits_KV=hits_KV)
+            if kept > 0:  # masked means over the samples that keep this scale
+                commit_loss = commit_loss + (self.beta * (f_hat.detach() - f).square() * keep_B111).mean() * (B / kept)
+                codebook_loss = codebook_loss + ((f_hat - f_ng).square() * keep_B111).mean() * (B / kept)
+        return QuantizerTrainOutput(f_hat=f_hat.detach() - f_ng + f, codebook_loss=codebook_loss / K,
+                                    commit_loss=commit_loss / K, hits_KV=hits_KV)
 
     @torch.no_grad()
     def update_usage(self, hits_KV: torch.Tensor) -> None:

@@ -33,7 +33,7 @@ def _identity(t: torch.Tensor) -> torch.Tensor:
 @dataclass
 class TokenizerOutput:
     recon: torch.Tensor                                   # (B, 3, H, W), not clamped
-    losses: dict[str, torch.Tensor]                       # "vq" (codebook + commitment), "semantic" when enabled
+    losses: dict[str, torch.Tensor]                       # "codebook", "commitment", "semantic" (when enabled)
     usages: list[float]                                   # per scale: % of codes in use (mean over branches)
     n_keep: torch.Tensor                                  # (B,) scales kept per sample (quantizer dropout)
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -202,15 +202,16 @@ class Tokenizer(nn.Module):
         if n_keep is None:
             n_keep = self.sample_scale_dropout(B, x_B3HW.device) if self.training \
                 else torch.full((B,), self.config.num_scales, device=x_B3HW.device)
-        quant, vq_losses, usages = [], [], []
+        quant, outs, usages = [], [], []
         for q, f in zip(self.quantizes, self.encode_latents(x_B3HW)):
             out = q(f, n_keep)
             quant.append(out.f_hat)
-            vq_losses.append(out.vq_loss)
+            outs.append(out)
             if self.training:
                 q.update_usage(reduce_fn(out.hits_KV))
             usages.append(q.usage())
-        losses = {"vq": sum(vq_losses) / len(vq_losses)}
+        losses = {"codebook": sum(o.codebook_loss for o in outs) / len(outs),  # means over branches, as official
+                  "commitment": sum(o.commit_loss for o in outs) / len(outs)}
         recon = self._decode_unclamped(torch.cat(quant, dim=1))
         if hasattr(self, "semantic_model"):
             n_skip = int(B * self.config.codebook_drop) if self.training else 0
