@@ -1,0 +1,179 @@
+"""``imagefolder sample``: class-conditional samples as PNG files, a grid and an optional ADM-style ``.npz``.
+
+The job is the list of (index, class) pairs: the classes in the order given, ``--per-class`` samples each, index =
+position in that list. Image ``index`` is generated from its own random stream seeded by (seed, index), so it does
+not depend on the batch size, on which process draws it, or on a resumed run. Files:
+
+* ``OUT/{index:06d}_class{class:04d}.png`` per sample (written atomically; existing ones are skipped, so a killed
+  run continues where it stopped);
+* ``OUT/grid.png``: the first samples, one row per class (or ``--grid-cols`` per row);
+* ``OUT/samples.npz`` with ``--npz``: ``arr_0`` = uint8 (N, H, W, 3) in index order (the layout the ADM evaluator
+  reads) and ``labels`` = int64 (N,), assembled from the PNG files.
+
+Under ``torchrun --nproc_per_node=N -m imagefolder.cli sample ...`` the missing images are split across processes
+(index modulo N); rank 0 writes the grid and the npz after all ranks are done.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from . import UsageError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+GRID_MAX = 64
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "sample", help="class-conditional samples from a generator: PNGs, a grid, optional .npz",
+        description=__doc__.replace("``", ""), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--generator", required=True, metavar="CKPT",
+                   help="official VAR .pt file, one of our generator directories, or a preset name (d16, tiny, "
+                        "...; presets have random weights, initialised from --seed)")
+    p.add_argument("--tokenizer", metavar="SPEC",
+                   help="only for VAR files whose args do not describe their tokenizer: a tokenizer checkpoint, "
+                        "directory or preset giving its shape")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--classes", metavar="LIST", help="class ids, e.g. '1,2,3' or '0-9,207'")
+    which.add_argument("--all-classes", action="store_true", help="every class of the generator, in order")
+    p.add_argument("--per-class", type=int, default=1, metavar="N", help="samples per class (default: 1)")
+    p.add_argument("--cfg", type=float, default=3.25, help="classifier-free guidance strength (default: 3.25)")
+    p.add_argument("--cfg-schedule", choices=("linear", "constant"), default="linear",
+                   help="linear: the official ramp cfg * si / (K - 1) over scales; constant: cfg at every scale "
+                        "(default: linear)")
+    p.add_argument("--top-k", type=int, default=750, help="keep the k most likely codes per branch; 0 = all "
+                                                          "(default: 750)")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass per branch; 0 = off "
+                                                             "(default: 0.95)")
+    p.add_argument("--joint-sample", action="store_true",
+                   help="draw both branches of a position from their joint (product) distribution with one random "
+                        "number, as the official joint mode (default: one random number per branch)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every image's random stream (default: 0)")
+    p.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per forward pass (default: 16)")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
+                   help="float32 is exact; bfloat16/float16 run under autocast (default: float32)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto: this process's GPU when there is one (default: auto)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    p.add_argument("--npz", action="store_true", help="also write OUT/samples.npz (arr_0: uint8 NHWC, labels)")
+    p.add_argument("--grid-cols", type=int, metavar="N",
+                   help="images per grid row (default: --per-class, at most 16)")
+    p.set_defaults(run=run)
+
+
+def parse_classes(text: str, num_classes: int) -> list[int]:
+    """'1,2,5-7' -> [1, 2, 5, 6, 7]; every id must be in [0, num_classes)."""
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            if "-" in part:
+                lo, hi = (int(v) for v in part.split("-", 1))
+                if hi < lo:
+                    raise ValueError
+                out.extend(range(lo, hi + 1))
+            else:
+                out.append(int(part))
+        except ValueError:
+            raise UsageError(f"--classes: cannot read {part!r}; use ids and ranges like '1,2,5-7'") from None
+    bad = [c for c in out if not 0 <= c < num_classes]
+    if bad:
+        raise UsageError(f"--classes: ids {bad} are outside 0..{num_classes - 1} (this generator has "
+                         f"{num_classes} classes)")
+    return out
+
+
+def image_path(out: Path, index: int, label: int) -> Path:
+    return out / f"{index:06d}_class{label:04d}.png"
+
+
+def _check(args) -> None:
+    for name, low in (("per_class", 1), ("batch_size", 1), ("top_k", 0), ("grid_cols", 1)):
+        value = getattr(args, name)
+        if value is not None and value < low:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+    if not 0.0 <= args.top_p <= 1.0:
+        raise UsageError(f"--top-p must be in [0, 1], got {args.top_p}")
+    if args.cfg < 0:
+        raise UsageError(f"--cfg must be >= 0, got {args.cfg}")
+
+
+def _to_uint8_HW3(img_3HW: torch.Tensor) -> np.ndarray:
+    return img_3HW.float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def run(args) -> int:
+    from ..distributed import barrier, init_from_env, shutdown
+    from ..loading import load_generator
+
+    _check(args)
+    try:
+        info = init_from_env(args.device)
+    except RuntimeError as e:
+        raise UsageError(str(e)) from None
+    try:
+        torch.manual_seed(args.seed)  # presets: the same random weights in every process
+        gen = load_generator(args.generator, tokenizer=args.tokenizer).to(info.device)
+        classes = list(range(gen.num_classes)) if args.all_classes else parse_classes(args.classes, gen.num_classes)
+        job = [(i, c) for i, c in enumerate(c for c in classes for _ in range(args.per_class))]
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        todo = [(i, c) for i, c in job if i % info.world_size == info.rank and not image_path(out, i, c).exists()]
+        start = time.perf_counter()
+        _generate(gen, todo, out, args, show=info.is_main)
+        seconds = time.perf_counter() - start
+        barrier()
+        if info.is_main:
+            _finish(job, out, args)
+            rate = f" ({len(todo) / seconds:.2f} images/s)" if todo else ""
+            share = f" (rank 0 of {info.world_size} processes)" if info.world_size > 1 else ""
+            print(f"{len(job)} samples in {out}; this process generated {len(todo)} in {seconds:.1f} s{rate}{share}")
+        barrier()
+    finally:
+        shutdown()
+    return 0
+
+
+def _generate(gen, todo: list[tuple[int, int]], out: Path, args, show: bool) -> None:
+    from ..viz import save_png
+    bar = tqdm(total=len(todo), desc="sample", unit="img", disable=not show or None)
+    try:
+        for start in range(0, len(todo), args.batch_size):
+            chunk = todo[start:start + args.batch_size]
+            labels = torch.tensor([c for _, c in chunk], device=gen.pos_1LC.device)
+            imgs = gen.generate(labels, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                                indices=[i for i, _ in chunk], cfg_schedule=args.cfg_schedule,
+                                joint_sample=args.joint_sample, dtype=DTYPES[args.dtype])
+            for (i, c), img in zip(chunk, imgs):
+                save_png(Image.fromarray(_to_uint8_HW3(img)), image_path(out, i, c))
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+
+
+def _finish(job: list[tuple[int, int]], out: Path, args) -> None:
+    """Grid and npz from the PNG files (so they also cover images made by other processes or earlier runs)."""
+    from ..checkpoint import atomic_write
+    from ..viz import save_png
+    from torchvision.utils import make_grid
+
+    wanted = job if args.npz else job[:GRID_MAX]
+    arr = np.stack([np.array(Image.open(image_path(out, i, c)).convert("RGB")) for i, c in wanted])
+    cols = args.grid_cols or min(args.per_class, 16)
+    grid = make_grid(torch.from_numpy(arr[:GRID_MAX]).permute(0, 3, 1, 2), nrow=cols, padding=2, pad_value=255)
+    save_png(Image.fromarray(grid.permute(1, 2, 0).numpy()), out / "grid.png")
+    if args.npz:
+        labels = np.array([c for _, c in job], dtype=np.int64)
+        atomic_write(out / "samples.npz", lambda tmp: _savez(tmp, arr, labels))
+
+
+def _savez(path: str, arr: np.ndarray, labels: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object: np.savez would otherwise append .npz to the temporary name
+        np.savez(f, arr_0=arr, labels=labels)

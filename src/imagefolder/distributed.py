@@ -1,0 +1,59 @@
+"""Process-group helpers for scripts and commands (models never use them).
+
+``init_from_env`` joins the process group when launched by ``torchrun`` (RANK / WORLD_SIZE / LOCAL_RANK set) with
+NCCL on CUDA devices and gloo otherwise, and is a plain single process when not.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def pick_device(choice: str = "auto", local_rank: int = 0) -> torch.device:
+    """``auto``: the process's CUDA device when there is one, else the CPU."""
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("CUDA was requested but is not available on this machine")
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device(choice)
+
+
+def init_from_env(device: str = "auto") -> DistInfo:
+    """Join the torchrun process group if there is one; return this process's rank, world size and device."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return DistInfo(0, 1, 0, pick_device(device))
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    dev = pick_device(device, local_rank)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world)
+    return DistInfo(rank, world, local_rank, dev)
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
