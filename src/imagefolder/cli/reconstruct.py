@@ -91,11 +91,11 @@ def _check_counts(args) -> None:
 
 
 def _device(choice: str) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: CUDA is not available on this machine")
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(choice)
+    from ..distributed import pick_device
+    try:
+        return pick_device(choice)
+    except RuntimeError as e:
+        raise UsageError(f"--device {choice}: {e}") from None
 
 
 def _inputs(args, size: int) -> tuple[list[str], Dataset | list[torch.Tensor], str]:
