@@ -92,7 +92,24 @@ def test_bad_options_are_one_line_errors(gen_dir, tmp_path, capsys, args, messag
     assert code == 2 and message in err and err.count("\n") == 1
 
 
-def test_classes_are_required(gen_dir, tmp_path):
-    with pytest.raises(SystemExit) as e:
-        main(["sample", "--generator", str(gen_dir), "--out", str(tmp_path / "o")])
-    assert e.value.code == 2
+@pytest.mark.parametrize("args", [[], ["--classes", "1", "--all-classes"]])
+def test_exactly_one_class_option(gen_dir, tmp_path, capsys, args):
+    code = main(["sample", "--generator", str(gen_dir), "--out", str(tmp_path / "o"), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and "exactly one of --classes LIST and --all-classes" in err and err.count("\n") == 1
+
+
+def test_preset_all_classes_and_grid_columns(tmp_path, capsys):
+    out = tmp_path / "p"
+    assert main(["sample", "--generator", "tiny", "--all-classes", "--top-k", "16", "--grid-cols", "5",
+                 "--out", str(out)]) == 0
+    assert _pngs(out) == [f"{c:06d}_class{c:04d}.png" for c in range(10)]
+    assert Image.open(out / "grid.png").size == (2 + 5 * 66, 2 + 2 * 66)  # 5 columns, 2 rows, 2 px padding
+    assert "10 samples in" in capsys.readouterr().out
+
+
+def test_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["sample", "--help"])
+    text = capsys.readouterr().out
+    assert "(default: 3.25)" in text and "(default: 750)" in text and "samples.npz" in text

@@ -1,12 +1,14 @@
 """Process-group helpers for scripts and commands (models never use them).
 
 ``init_from_env`` joins the process group when launched by ``torchrun`` (RANK / WORLD_SIZE / LOCAL_RANK set) with
-NCCL on CUDA devices and gloo otherwise, and is a plain single process when not.
+NCCL on CUDA devices and gloo otherwise, and is a plain single process when not. The other helpers work in both
+cases (a single process is rank 0 of 1).
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -25,7 +27,8 @@ class DistInfo:
 
 
 def pick_device(choice: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto``: the process's CUDA device when there is one, else the CPU."""
+    """``auto``: the process's CUDA device when there is one, else the CPU. Raises RuntimeError for an unavailable
+    ``cuda``."""
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
     if choice == "cuda":
@@ -36,7 +39,10 @@ def pick_device(choice: str = "auto", local_rank: int = 0) -> torch.device:
 
 
 def init_from_env(device: str = "auto") -> DistInfo:
-    """Join the torchrun process group if there is one; return this process's rank, world size and device."""
+    """Join the torchrun process group if there is one; return this process's rank, world size and device.
+
+    ``device``: ``auto``, ``cpu`` or ``cuda`` (then ``cuda:LOCAL_RANK``); the backend follows it (nccl / gloo).
+    """
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return DistInfo(0, 1, 0, pick_device(device))
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -49,11 +55,29 @@ def init_from_env(device: str = "auto") -> DistInfo:
     return DistInfo(rank, world, local_rank, dev)
 
 
+def _active() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def is_main() -> bool:
+    """Rank 0, or the only process."""
+    return not _active() or dist.get_rank() == 0
+
+
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if _active():
         dist.barrier()
 
 
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every process's ``obj`` (picklable), in rank order; ``[obj]`` for a single process."""
+    if not _active():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def shutdown() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if _active():
         dist.destroy_process_group()

@@ -5,13 +5,14 @@ position in that list. Image ``index`` is generated from its own random stream s
 not depend on the batch size, on which process draws it, or on a resumed run. Files:
 
 * ``OUT/{index:06d}_class{class:04d}.png`` per sample (written atomically; existing ones are skipped, so a killed
-  run continues where it stopped);
-* ``OUT/grid.png``: the first samples, one row per class (or ``--grid-cols`` per row);
+  run continues where it stopped: rerun it with the same options);
+* ``OUT/grid.png``: the first 64 samples, ``--grid-cols`` per row;
 * ``OUT/samples.npz`` with ``--npz``: ``arr_0`` = uint8 (N, H, W, 3) in index order (the layout the ADM evaluator
   reads) and ``labels`` = int64 (N,), assembled from the PNG files.
 
-Under ``torchrun --nproc_per_node=N -m imagefolder.cli sample ...`` the missing images are split across processes
-(index modulo N); rank 0 writes the grid and the npz after all ranks are done.
+Under ``torchrun --nproc_per_node=N -m imagefolder.cli sample ...`` the missing images are dealt out to the
+processes in turn; rank 0 writes the grid and the npz after all ranks are done. The files are the same as from
+one process.
 """
 from __future__ import annotations
 
@@ -30,41 +31,43 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 GRID_MAX = 64
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults after every option's help; the description keeps its line breaks."""
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "sample", help="class-conditional samples from a generator: PNGs, a grid, optional .npz",
-        description=__doc__.replace("``", ""), formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=__doc__.replace("``", ""), formatter_class=_HelpFormatter)
     p.add_argument("--generator", required=True, metavar="CKPT",
                    help="official VAR .pt file, one of our generator directories, or a preset name (d16, tiny, "
                         "...; presets have random weights, initialised from --seed)")
     p.add_argument("--tokenizer", metavar="SPEC",
                    help="only for VAR files whose args do not describe their tokenizer: a tokenizer checkpoint, "
                         "directory or preset giving its shape")
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--classes", metavar="LIST", help="class ids, e.g. '1,2,3' or '0-9,207'")
-    which.add_argument("--all-classes", action="store_true", help="every class of the generator, in order")
-    p.add_argument("--per-class", type=int, default=1, metavar="N", help="samples per class (default: 1)")
-    p.add_argument("--cfg", type=float, default=3.25, help="classifier-free guidance strength (default: 3.25)")
+    p.add_argument("--classes", metavar="LIST",
+                   help="class ids in job order, e.g. '1,2,3' or '0-9,207' (give this or --all-classes)")
+    p.add_argument("--all-classes", action="store_true",
+                   help="every class of the generator, in order (give this or --classes)")
+    p.add_argument("--per-class", type=int, default=1, metavar="N", help="samples per class")
+    p.add_argument("--cfg", type=float, default=3.25, help="classifier-free guidance strength")
     p.add_argument("--cfg-schedule", choices=("linear", "constant"), default="linear",
-                   help="linear: the official ramp cfg * si / (K - 1) over scales; constant: cfg at every scale "
-                        "(default: linear)")
-    p.add_argument("--top-k", type=int, default=750, help="keep the k most likely codes per branch; 0 = all "
-                                                          "(default: 750)")
-    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass per branch; 0 = off "
-                                                             "(default: 0.95)")
+                   help="linear: the official ramp cfg * si / (K - 1) over scales; constant: cfg at every scale")
+    p.add_argument("--top-k", type=int, default=750, help="keep the k most likely codes per branch; 0 = all")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass per branch; 0 or 1 = off")
     p.add_argument("--joint-sample", action="store_true",
                    help="draw both branches of a position from their joint (product) distribution with one random "
-                        "number, as the official joint mode (default: one random number per branch)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every image's random stream (default: 0)")
-    p.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per forward pass (default: 16)")
+                        "number, as the official joint mode (otherwise one random number per branch)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every image's random stream")
+    p.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per forward pass")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
-                   help="float32 is exact; bfloat16/float16 run under autocast (default: float32)")
+                   help="float32 is exact; bfloat16/float16 run under autocast")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="auto: this process's GPU when there is one (default: auto)")
+                   help="auto: this process's GPU when there is one, else the CPU")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     p.add_argument("--npz", action="store_true", help="also write OUT/samples.npz (arr_0: uint8 NHWC, labels)")
     p.add_argument("--grid-cols", type=int, metavar="N",
-                   help="images per grid row (default: --per-class, at most 16)")
+                   help="images per grid row (unset: --per-class, at most 16)")
     p.set_defaults(run=run)
 
 
@@ -95,6 +98,8 @@ def image_path(out: Path, index: int, label: int) -> Path:
 
 
 def _check(args) -> None:
+    if (args.classes is None) == (not args.all_classes):
+        raise UsageError("give exactly one of --classes LIST and --all-classes")
     for name, low in (("per_class", 1), ("batch_size", 1), ("top_k", 0), ("grid_cols", 1)):
         value = getattr(args, name)
         if value is not None and value < low:
@@ -110,7 +115,7 @@ def _to_uint8_HW3(img_3HW: torch.Tensor) -> np.ndarray:
 
 
 def run(args) -> int:
-    from ..distributed import barrier, init_from_env, shutdown
+    from ..distributed import all_gather_object, barrier, init_from_env, shutdown
     from ..loading import load_generator
 
     _check(args)
@@ -125,16 +130,20 @@ def run(args) -> int:
         job = [(i, c) for i, c in enumerate(c for c in classes for _ in range(args.per_class))]
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        todo = [(i, c) for i, c in job if i % info.world_size == info.rank and not image_path(out, i, c).exists()]
+        missing = [(i, c) for i, c in job if not image_path(out, i, c).exists()]
+        barrier()  # every process has listed the missing files before any writes one
         start = time.perf_counter()
-        _generate(gen, todo, out, args, show=info.is_main)
-        seconds = time.perf_counter() - start
+        _generate(gen, missing[info.rank::info.world_size], out, args, show=info.is_main)
         barrier()
+        seconds = time.perf_counter() - start
+        made = sum(all_gather_object(len(missing[info.rank::info.world_size])))
         if info.is_main:
             _finish(job, out, args)
-            rate = f" ({len(todo) / seconds:.2f} images/s)" if todo else ""
-            share = f" (rank 0 of {info.world_size} processes)" if info.world_size > 1 else ""
-            print(f"{len(job)} samples in {out}; this process generated {len(todo)} in {seconds:.1f} s{rate}{share}")
+            rate = f", {made / seconds:.2f} images/s" if made else ""
+            procs = f" by {info.world_size} processes" if info.world_size > 1 else ""
+            npz = f"; arrays in {out / 'samples.npz'}" if args.npz else ""
+            print(f"{len(job)} samples in {out} (grid.png{npz}); generated {made}{procs} in {seconds:.1f} s{rate}, "
+                  f"{len(job) - len(missing)} already there")
         barrier()
     finally:
         shutdown()
@@ -142,8 +151,9 @@ def run(args) -> int:
 
 
 def _generate(gen, todo: list[tuple[int, int]], out: Path, args, show: bool) -> None:
+    """Generate and write this process's share ``todo`` of (index, class) pairs."""
     from ..viz import save_png
-    bar = tqdm(total=len(todo), desc="sample", unit="img", disable=not show or None)
+    bar = tqdm(total=len(todo), desc="sample", unit="img", disable=not show)
     try:
         for start in range(0, len(todo), args.batch_size):
             chunk = todo[start:start + args.batch_size]
@@ -158,14 +168,29 @@ def _generate(gen, todo: list[tuple[int, int]], out: Path, args, show: bool) -> 
         bar.close()
 
 
+def _read_rgb(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
 def _finish(job: list[tuple[int, int]], out: Path, args) -> None:
     """Grid and npz from the PNG files (so they also cover images made by other processes or earlier runs)."""
-    from ..checkpoint import atomic_write
-    from ..viz import save_png
     from torchvision.utils import make_grid
 
+    from ..checkpoint import atomic_write
+    from ..viz import save_png
+
     wanted = job if args.npz else job[:GRID_MAX]
-    arr = np.stack([np.array(Image.open(image_path(out, i, c)).convert("RGB")) for i, c in wanted])
+    first = _read_rgb(image_path(out, *wanted[0]))
+    arr = np.empty((len(wanted), *first.shape), dtype=np.uint8)  # filled in place: one copy of all samples
+    arr[0] = first
+    for k, (i, c) in enumerate(wanted[1:], start=1):
+        img = _read_rgb(image_path(out, i, c))
+        if img.shape != first.shape:
+            raise UsageError(f"{image_path(out, i, c)} is {img.shape[1]}x{img.shape[0]} but "
+                             f"{image_path(out, *wanted[0]).name} is {first.shape[1]}x{first.shape[0]}: "
+                             "is OUT shared with another run?")
+        arr[k] = img
     cols = args.grid_cols or min(args.per_class, 16)
     grid = make_grid(torch.from_numpy(arr[:GRID_MAX]).permute(0, 3, 1, 2), nrow=cols, padding=2, pad_value=255)
     save_png(Image.fromarray(grid.permute(1, 2, 0).numpy()), out / "grid.png")
