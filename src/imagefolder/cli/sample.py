@@ -32,7 +32,12 @@ GRID_MAX = 64
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Defaults after every option's help; the description keeps its line breaks."""
+    """Defaults after the options that have one (not flags or unset options); the description keeps its lines."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False):
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
 def add_parser(sub) -> None:
