@@ -113,3 +113,4 @@ def test_help_shows_defaults(capsys):
         main(["sample", "--help"])
     text = capsys.readouterr().out
     assert "(default: 3.25)" in text and "(default: 750)" in text and "samples.npz" in text
+    assert "random stream (default: 0)" in text and "(default: None)" not in text and "(default: False)" not in text

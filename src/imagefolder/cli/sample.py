@@ -35,7 +35,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
     """Defaults after the options that have one (not flags or unset options); the description keeps its lines."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default in (None, False):
+        if action.default is None or action.default is False:
             return action.help or ""
         return super()._get_help_string(action)
 
