@@ -13,7 +13,7 @@ import sys
 from ..config import ConfigError
 from ..official import CheckpointError
 
-SUBCOMMANDS = ("reconstruct", "sample", "convert")
+SUBCOMMANDS = ("reconstruct", "sample", "convert", "make-dataset", "train-tokenizer", "train-classifier", "evaluate", "probe")
 
 
 class UsageError(Exception):
@@ -29,15 +29,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"imagefolder {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in SUBCOMMANDS:
-        importlib.import_module(f".{name}", __name__).add_parser(sub)
+        importlib.import_module(f".{name.replace('-', '_')}", __name__).add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = extra
+    from ..data.images import ImageError
+    from ..train.engine import TrainingError
     try:
         return int(args.run(args) or 0)
-    except (CheckpointError, ConfigError, UsageError, FileNotFoundError, NotADirectoryError) as e:
+    except (CheckpointError, ConfigError, UsageError, FileNotFoundError, NotADirectoryError, ImageError,
+            TrainingError) as e:
         print(f"imagefolder {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,1 @@
+"""Training both stages: options, state and checkpoints, the loops."""

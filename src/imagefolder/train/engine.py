@@ -1,0 +1,298 @@
+"""The training loop both stages share: data order, accumulation, mixed precision, non-finite guard, checkpoints,
+validation, progress, resumption. A stage subclasses ``Trainer`` and fills in the model-specific hooks.
+
+One optimizer step consumes ``gradient_accumulation_steps`` micro-batches per process; the global batch is
+``micro_batch * accumulation * world_size``. The position in the data (epoch, micro-batches consumed) and every
+RNG state go into each checkpoint, and the DataLoader draws its worker seeds from its own generator, so a resumed
+run on CPU in fp32 continues bit-identically.
+
+Glossary: ``B`` micro-batch per process, ``W`` world size (processes).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from ..data.folder import Batch, collate_skip_bad
+from ..distributed import DistInfo
+from .logger import RunLogger
+from .optim import lr_factor, set_lr
+from .sampler import ResumableSampler
+from .state import Checkpoints, load_train_state, rng_state, set_rng_state
+
+TRAIN_FORMAT = "imagefolder-train"
+
+
+class TrainingError(RuntimeError):
+    """A run cannot go on (e.g. it keeps producing non-finite losses); the message says why and what to change."""
+
+
+def _active() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def all_reduce_(t: torch.Tensor, op=None) -> torch.Tensor:
+    if _active():
+        dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+    return t
+
+
+def gather_with_grad(t: torch.Tensor) -> torch.Tensor:
+    """All processes' ``t`` concatenated on dim 0, differentiable (the identity for one process)."""
+    if not _active():
+        return t
+    from torch.distributed.nn.functional import all_gather
+    return torch.cat(all_gather(t), dim=0)
+
+
+class Trainer:
+    """Subclasses set ``kind`` and implement ``build``, ``train_step``, ``validate``, ``export`` and
+    ``model_states`` / ``load_model_states``."""
+
+    kind = "model"
+    best_metric: tuple[str, bool] = ("loss", False)  # (validation metric, higher is better)
+
+    def __init__(self, opts, model_config, out_dir: str | Path, info: DistInfo, *, resume: str | Path | None = None,
+                 show_progress: bool = True):
+        self.opts, self.model_config, self.info = opts, model_config, info
+        self.out = Path(out_dir)
+        self.device = info.device
+        self.resume_path = Path(resume) if resume else None
+        self.show_progress = show_progress and info.is_main
+        W, A = info.world_size, opts.gradient_accumulation_steps
+        if opts.global_batch_size % (W * A):
+            raise TrainingError(f"global_batch_size {opts.global_batch_size} is not divisible by processes ({W}) x "
+                                f"gradient_accumulation_steps ({A})")
+        self.micro_batch = opts.global_batch_size // (W * A)
+        self.step = self.epoch = self.micro_in_epoch = 0
+        self.nonfinite_total = self.nonfinite_run = 0
+        self.bad_files: list[str] = []
+        self.best_value: float | None = None
+        self.history: list[dict[str, float]] = []
+        self.ckpts = Checkpoints(self.out, opts.keep_checkpoints)
+        self.log = RunLogger(self.out, enabled=info.is_main, tensorboard=opts.tensorboard, wandb=opts.wandb,
+                             wandb_project=opts.wandb_project, run_config=self.run_config())
+        self.scalers: dict[str, torch.amp.GradScaler] = {}
+
+    # hooks -------------------------------------------------------------------------------------------------------
+    def build(self) -> None:
+        raise NotImplementedError
+
+    def train_dataset(self) -> Dataset:
+        raise NotImplementedError
+
+    def train_step(self, micro: list[Batch]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def validate(self) -> dict[str, float]:
+        return {}
+
+    def export(self, out_dir: Path) -> None:
+        raise NotImplementedError
+
+    def model_states(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def load_model_states(self, states: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    # helpers for subclasses --------------------------------------------------------------------------------------
+    def run_config(self) -> dict[str, Any]:
+        return {"options": dataclasses.asdict(self.opts), "model": self.model_config.to_dict()}
+
+    def autocast(self):
+        mp = self.opts.mixed_precision
+        if mp == "none":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if mp == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def scaler(self, name: str) -> torch.amp.GradScaler | None:
+        """A loss scaler per optimizer for fp16 on CUDA (bf16 and fp32 need none)."""
+        if self.opts.mixed_precision != "fp16" or self.device.type != "cuda":
+            return None
+        if name not in self.scalers:
+            self.scalers[name] = torch.amp.GradScaler("cuda")
+        return self.scalers[name]
+
+    def backward(self, loss: torch.Tensor, name: str) -> None:
+        s = self.scaler(name)
+        (s.scale(loss) if s else loss).backward()
+
+    def no_sync(self, module: nn.Module, last: bool):
+        """Skip the DDP gradient all-reduce on all but the last micro-batch of a step."""
+        if last or not hasattr(module, "no_sync"):
+            return contextlib.nullcontext()
+        return module.no_sync()
+
+    def optimizer_step(self, name: str, optimizer: torch.optim.Optimizer, params: list[torch.Tensor],
+                       lr: float) -> tuple[bool, float]:
+        """Unscale, clip, check finiteness (agreed across processes), step or skip. Returns (stepped, grad norm)."""
+        s = self.scaler(name)
+        if s:
+            s.unscale_(optimizer)
+        max_norm = self.opts.max_grad_norm if self.opts.max_grad_norm > 0 else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros(())
+        ok = torch.tensor(float(torch.isfinite(norm)), device=self.device)
+        all_reduce_(ok, dist.ReduceOp.MIN if _active() else None)
+        stepped = bool(ok.item() > 0)
+        set_lr(optimizer, lr)
+        if s:
+            s.step(optimizer) if stepped else None
+            s.update()
+        elif stepped:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return stepped, float(norm)
+
+    def note_nonfinite(self, stepped: bool, what: str) -> None:
+        if stepped:
+            self.nonfinite_run = 0
+            return
+        self.nonfinite_total += 1
+        self.nonfinite_run += 1
+        self.log.line(f"step {self.step}: non-finite {what}; update skipped ({self.nonfinite_total} so far)")
+        if self.nonfinite_run >= self.opts.max_nonfinite:
+            raise TrainingError(
+                f"{self.nonfinite_run} steps in a row produced non-finite {what} (step {self.step}); the run stops "
+                f"without writing a checkpoint. Lower lr, enable gradient clipping (max_grad_norm), or use "
+                f"mixed_precision none/bf16; resume from the last good checkpoint with --resume auto.")
+
+    def lr_now(self, base_lr: float) -> float:
+        return base_lr * lr_factor(self.step, self.schedule_steps, self.warmup_steps, self.opts.lr_scheduler,
+                                   self.opts.final_lr_ratio)
+
+    # the loop ------------------------------------------------------------------------------------------------------
+    def _loader(self, dataset: Dataset) -> tuple[DataLoader, ResumableSampler]:
+        sampler = ResumableSampler(len(dataset), rank=self.info.rank, world_size=self.info.world_size,
+                                   seed=self.opts.global_seed, shuffle=True)
+        g = torch.Generator().manual_seed(self.opts.global_seed)  # worker seeds drawn here, not from the global RNG
+        loader = DataLoader(dataset, batch_size=self.micro_batch, sampler=sampler, drop_last=True,
+                            num_workers=self.opts.num_workers, collate_fn=collate_skip_bad, generator=g,
+                            pin_memory=self.device.type == "cuda", persistent_workers=False)
+        return loader, sampler
+
+    def _micro_batches(self, loader: DataLoader, sampler: ResumableSampler, dataset: Dataset) -> Iterator[list[Batch]]:
+        A = self.opts.gradient_accumulation_steps
+        while True:
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(self.epoch)
+            sampler.set_epoch(self.epoch, self.micro_in_epoch * self.micro_batch)
+            group: list[Batch] = []
+            for batch in loader:
+                self.micro_in_epoch += 1
+                if batch.bad:
+                    for item in batch.bad:
+                        self.bad_files.append(item.path)
+                        self.log.line(f"skipped unreadable file {item.path}: {item.reason}")
+                if batch.images.numel():
+                    group.append(batch)
+                if self.micro_in_epoch % A == 0:
+                    if group:
+                        yield group
+                    group = []
+            self.epoch += 1
+            self.micro_in_epoch = 0
+
+    def _save(self) -> None:
+        state = {"format": TRAIN_FORMAT, "kind": self.kind, "step": self.step, "epoch": self.epoch,
+                 "micro_in_epoch": self.micro_in_epoch, "nonfinite_total": self.nonfinite_total,
+                 "best_value": self.best_value, "bad_files": self.bad_files[-1000:],
+                 "models": self.model_states(), "rng": rng_state(),
+                 "scalers": {k: s.state_dict() for k, s in self.scalers.items()}, **self.run_config()}
+        if self.info.is_main:
+            self.ckpts.save(self.step, state)
+            self.export(self.out / "last")
+
+    def _resume(self) -> None:
+        state = load_train_state(self.resume_path)
+        if state.get("kind") != self.kind:
+            raise TrainingError(f"{self.resume_path} is a {state.get('kind')} training checkpoint, not a {self.kind} one")
+        self.load_model_states(state["models"])
+        for k, s in state.get("scalers", {}).items():
+            if self.scaler(k):
+                self.scalers[k].load_state_dict(s)
+        self.step, self.epoch, self.micro_in_epoch = state["step"], state["epoch"], state["micro_in_epoch"]
+        self.nonfinite_total, self.best_value = state["nonfinite_total"], state["best_value"]
+        self.bad_files = list(state.get("bad_files", []))
+        set_rng_state(state["rng"])
+        self.log.line(f"resumed from {self.resume_path} at step {self.step} (epoch {self.epoch})")
+
+    def _validate_and_keep_best(self) -> dict[str, float]:
+        metrics = self.validate()
+        if not metrics:
+            return metrics
+        self.log.scalars(metrics, self.step, prefix="val")
+        self.log.line(f"step {self.step} validation: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+        name, higher = self.best_metric
+        value = metrics.get(name)
+        if self.opts.save_best and value is not None and math.isfinite(value):
+            better = self.best_value is None or (value > self.best_value if higher else value < self.best_value)
+            if better:
+                self.best_value = value
+                if self.info.is_main:
+                    self.export(self.out / "best")
+                    self.log.line(f"new best {name} {value:.4g}: {self.out / 'best'}")
+        return metrics
+
+    def fit(self) -> dict[str, Any]:
+        """Train to ``max_steps`` / ``epochs``; returns a summary (steps, images/s, last validation, skips)."""
+        torch.manual_seed(self.opts.global_seed + self.info.rank)
+        dataset = self.train_dataset()
+        loader, sampler = self._loader(dataset)
+        A = self.opts.gradient_accumulation_steps
+        self.steps_per_epoch = len(loader) // A
+        if self.steps_per_epoch == 0:
+            raise TrainingError(f"the training set ({len(dataset)} images) is smaller than one step of "
+                                f"{self.opts.global_batch_size} images; lower global_batch_size")
+        self.schedule_steps = self.opts.epochs * self.steps_per_epoch  # the lr schedule spans the epochs
+        self.total_steps = min(self.schedule_steps, self.opts.max_steps) if self.opts.max_steps is not None \
+            else self.schedule_steps  # max_steps only stops the run earlier
+        self.warmup_steps = self.opts.warmup_steps if self.opts.warmup_steps is not None \
+            else int(round(self.opts.warmup_epochs * self.steps_per_epoch))
+        self.build()
+        if self.resume_path:
+            self._resume()
+        self.log.line(f"training {self.kind}: {self.total_steps} steps of {self.opts.global_batch_size} images "
+                      f"({self.steps_per_epoch} steps per epoch, {self.info.world_size} process(es), micro-batch "
+                      f"{self.micro_batch} x {A} accumulation) on {self.device}")
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.show_progress, desc=f"train {self.kind}",
+                   dynamic_ncols=True)
+        t0, images, last_val, logs = time.time(), 0, {}, {}
+        batches = self._micro_batches(loader, sampler, dataset)
+        while self.step < self.total_steps:
+            micro = next(batches)
+            logs = self.train_step(micro)
+            images += sum(b.images.shape[0] for b in micro) * self.info.world_size
+            self.step += 1
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3g}" for k, v in list(logs.items())[:4]}, refresh=False)
+            if self.step % self.opts.log_every == 0 or self.step == self.total_steps:
+                rate = images / max(time.time() - t0, 1e-9)
+                self.log.scalars({**logs, "images_per_s": rate, "nonfinite_total": self.nonfinite_total}, self.step)
+                self.history.append({"step": self.step, **logs})
+            if self.opts.val_every and self.step % self.opts.val_every == 0 and self.step < self.total_steps:
+                last_val = self._validate_and_keep_best()
+            if self.step % self.opts.ckpt_every == 0 and self.step < self.total_steps:
+                self._save()
+        bar.close()
+        seconds = time.time() - t0
+        if self.opts.val_every:
+            last_val = self._validate_and_keep_best()
+        self._save()
+        summary = {"steps": self.step, "seconds": seconds, "images_per_s": images / max(seconds, 1e-9),
+                   "nonfinite_skipped": self.nonfinite_total, "bad_files": len(self.bad_files),
+                   "last_train": logs, "last_val": last_val, "out": str(self.out)}
+        self.log.line(f"done: {summary}")
+        self.log.close()
+        return summary

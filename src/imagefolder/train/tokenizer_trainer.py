@@ -1,0 +1,293 @@
+"""Tokenizer training: reconstruction (L1/L2) + LPIPS + codebook/commitment + semantic + adversarial losses.
+
+One step: the tokenizer's micro-batches forward/backward (quantizer dropout, semantic contrastive loss over the
+global batch), one AdamW step, the EMA update; then, once the discriminator has started, the discriminator's
+micro-batches on the detached reconstructions (DiffAugment, optional fading blur, LeCam) and its AdamW step.
+
+Validation (EMA weights when ``ema``): PSNR, SSIM, codebook usage per branch and scale (share of the codebook used
+over the validation images), optional rFID, and a per-scale reconstruction grid for TensorBoard.
+
+Glossary: ``B`` micro-batch, ``P`` branches, ``K`` scales, ``V`` codebook size.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torchvision.transforms.functional import gaussian_blur
+
+from ..checkpoint import save_model
+from ..data.folder import ImageFolderDataset, split_dir
+from ..losses import LeCam, PerceptualLoss, adaptive_weight, build_discriminator, d_loss, diff_augment, g_loss
+from ..metrics.image_quality import psnr, ssim
+from ..models.tokenizer import Tokenizer
+from .engine import Trainer, TrainingError, all_reduce_, gather_with_grad
+from .optim import EMA, adamw, param_groups
+from .tuning import apply_tuning, merged_state_dict
+
+_HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "usage": True, "rfid": False}
+
+
+def parse_pretrained(value: str) -> bool | str:
+    """'true' / 'false' / a path (the YAML/CLI form of a pretrained-weights option)."""
+    low = str(value).strip().lower()
+    if low in ("true", "yes", "1"):
+        return True
+    if low in ("false", "no", "0", "none", ""):
+        return False
+    return str(value)
+
+
+class TokenizerTrainer(Trainer):
+    kind = "tokenizer"
+
+    def __init__(self, opts, model_config, out_dir, info, **kw):
+        super().__init__(opts, model_config, out_dir, info, **kw)
+        self.best_metric = (opts.save_best_metric, _HIGHER_IS_BETTER[opts.save_best_metric])
+        self.rfid_fn = None  # set by the caller: (real_B3HW, fake_B3HW) lists -> float; None disables rFID
+
+    # data ------------------------------------------------------------------------------------------------------------
+    def train_dataset(self):
+        if not self.opts.data_path:
+            raise TrainingError("no training data: set data_path in the config or pass --data-path DIR")
+        self.train_set = ImageFolderDataset(split_dir(self.opts.data_path, "train"), self.model_config.image_size,
+                                            flip=True, seed=self.opts.global_seed)
+        return self.train_set
+
+    def _val_dataset(self) -> ImageFolderDataset | None:
+        root = self.opts.val_data_path
+        if root is None:
+            candidate = Path(self.opts.data_path) / "val"
+            if not candidate.is_dir():
+                return None
+            root = str(candidate)
+        return ImageFolderDataset(root, self.model_config.image_size, classes=self.train_set.classes)
+
+    # model -----------------------------------------------------------------------------------------------------------
+    def _new_tokenizer(self, pretrained: bool | str = False) -> Tokenizer:
+        o = self.opts
+        tok = Tokenizer(self.model_config, pretrained_backbone=pretrained)
+        apply_tuning(tok.encoder.model, o.enc_tuning_method, r=o.lora_r, alpha=o.lora_alpha, dropout=o.lora_dropout)
+        apply_tuning(tok.decoder.model, o.dec_tuning_method, r=o.lora_r, alpha=o.lora_alpha, dropout=o.lora_dropout)
+        return tok
+
+    def build(self) -> None:
+        o, dev = self.opts, self.device
+        tok = Tokenizer(self.model_config, pretrained_backbone=parse_pretrained(o.pretrained_backbone))
+        if o.vq_ckpt:
+            from ..loading import load_tokenizer
+            init = load_tokenizer(o.vq_ckpt, config=self.model_config)
+            tok.load_state_dict(init.state_dict(), strict=True)
+        apply_tuning(tok.encoder.model, o.enc_tuning_method, r=o.lora_r, alpha=o.lora_alpha, dropout=o.lora_dropout)
+        apply_tuning(tok.decoder.model, o.dec_tuning_method, r=o.lora_r, alpha=o.lora_alpha, dropout=o.lora_dropout)
+        self.tok = tok.to(dev)
+        self.ema = EMA(self.tok, o.ema_decay) if o.ema else None
+        self.eval_tok = copy.deepcopy(self.tok).eval() if o.ema else self.tok
+        self.module = self.tok
+        if o.compile:
+            self.module = torch.compile(self.module)
+        if self.info.world_size > 1:
+            self.module = DDP(self.module, device_ids=[dev.index] if dev.type == "cuda" else None)
+        self.params = [p for p in self.tok.parameters() if p.requires_grad]
+        self.opt = adamw(param_groups(self.tok, o.weight_decay), o.lr, (o.beta1, o.beta2), dev)
+        self.perceptual = PerceptualLoss(weights=o.perceptual_weights).to(dev) if o.perceptual_weight > 0 else None
+        self.disc = self.disc_module = None
+        self.disc_start = o.disc_start if o.disc_start is not None else o.disc_epoch_start * self.steps_per_epoch
+        if o.disc_type != "none":
+            kw: dict[str, Any] = {}
+            if o.disc_type == "patchgan":
+                kw = dict(ndf=o.disc_dim, n_layers=o.disc_num_layers)
+            elif o.disc_type == "stylegan":
+                kw = dict(channels=o.disc_dim)
+            else:
+                kw = dict(model_name=o.disc_model, pretrained=parse_pretrained(o.disc_pretrained))
+            self.disc = build_discriminator(o.disc_type, self.model_config.image_size, **kw).to(dev)
+            self.disc_module = DDP(self.disc, device_ids=[dev.index] if dev.type == "cuda" else None) \
+                if self.info.world_size > 1 else self.disc
+            self.disc_params = [p for p in self.disc.parameters() if p.requires_grad]
+            self.opt_d = adamw(param_groups(self.disc, o.disc_weight_decay), o.disc_lr or o.lr,
+                               (o.beta1, o.beta2), dev)
+            self.lecam = LeCam().to(dev) if o.lecam_loss_weight else None
+
+    # one step ----------------------------------------------------------------------------------------------------
+    def _rec_loss(self, recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return F.l1_loss(recon, x) if self.opts.reconstruction_loss == "l1" else F.mse_loss(recon, x)
+
+    def _disc_input(self, x: torch.Tensor) -> torch.Tensor:
+        """DiffAugment (with probability aug_prob) and the fading blur of discriminator inputs."""
+        o = self.opts
+        if o.aug_fade_steps > 0:
+            fade = 1.0 - min(1.0, (self.step - self.disc_start) / (o.aug_fade_steps + 1))
+            if fade > 1e-6:
+                x = torch.lerp(x, gaussian_blur(x, [5, 5], [1.0, 1.0]), fade)
+        if o.disc_augment and torch.rand(()) < o.aug_prob:
+            x = diff_augment(x, o.disc_augment)
+        return x
+
+    def train_step(self, micro) -> dict[str, float]:
+        o, dev = self.opts, self.device
+        self.module.train()
+        use_disc = self.disc is not None and self.step >= self.disc_start
+        sums: dict[str, float] = {}
+        recons = []
+
+        def add(name: str, value: torch.Tensor | float) -> None:
+            v = value.detach() if isinstance(value, torch.Tensor) else value
+            sums[name] = sums.get(name, 0.0) + float(v) / len(micro)
+
+        if self.disc is not None:
+            self.disc.requires_grad_(False)  # the generator step must not touch the discriminator
+        for i, batch in enumerate(micro):
+            x = batch.images.to(dev, non_blocking=True)
+            with self.no_sync(self.module, i == len(micro) - 1), self.autocast():
+                out = self.module(x, gather_fn=gather_with_grad, reduce_fn=all_reduce_)
+                recon = out.recon.float()
+                rec = self._rec_loss(recon, x)
+                nll = o.reconstruction_weight * rec
+                if self.perceptual is not None:
+                    p_loss = self.perceptual(recon, x)
+                    nll = nll + o.perceptual_weight * p_loss
+                    add("perceptual", p_loss)
+                vq = o.codebook_weight * (out.losses["codebook"] + out.losses["commitment"])
+                loss = nll + vq + out.losses.get("semantic", 0.0)
+                if use_disc:
+                    g = g_loss(o.gen_loss, self.disc_module(self._disc_input(recon)))
+                    w = adaptive_weight(nll, g, self.tok.decoder.to_pixel.weight) if o.disc_adaptive_weight else 1.0
+                    loss = loss + w * o.disc_weight * g
+                    add("gen_adv", g)
+                    add("adaptive_weight", w)
+                self.backward(loss / len(micro), "tokenizer")
+            recons.append(recon.detach())
+            add("loss", loss)
+            add("rec", rec)
+            add("vq", vq)
+            if "semantic" in out.losses:
+                add("semantic", out.losses["semantic"])
+        if out.usages:
+            sums["usage_finest"] = float(out.usages[-1]) / 100  # a share, like the validation usage
+        lr = self.lr_now(o.lr)
+        stepped, gnorm = self.optimizer_step("tokenizer", self.opt, self.params, lr)
+        self.note_nonfinite(stepped, "tokenizer loss or gradients")
+        if stepped and self.ema is not None:
+            self.ema.update(self.tok)
+        sums.update(lr=lr, grad_norm=gnorm)
+        if use_disc:
+            sums.update(self._disc_step(micro, recons))
+        return sums
+
+    def _disc_step(self, micro, recons) -> dict[str, float]:
+        o, dev = self.opts, self.device
+        self.disc.requires_grad_(True)
+        if hasattr(self.disc, "backbone"):
+            self.disc.backbone.requires_grad_(False)
+        total, lecam_total = 0.0, 0.0
+        for i, (batch, recon) in enumerate(zip(micro, recons)):
+            x = batch.images.to(dev, non_blocking=True)
+            with self.no_sync(self.disc_module, i == len(micro) - 1), self.autocast():
+                real = self.disc_module(self._disc_input(x)).float()
+                fake = self.disc_module(self._disc_input(recon)).float()
+                loss = d_loss(o.disc_loss, real, fake)
+                if self.lecam is not None:
+                    reg = self.lecam(real, fake)
+                    means = all_reduce_(torch.stack([real.detach().mean(), fake.detach().mean()]))
+                    means = means / self.info.world_size  # every process keeps the same LeCam averages
+                    self.lecam.update(means[0], means[1])
+                    loss = loss + o.lecam_loss_weight * reg
+                    lecam_total += float(reg) / len(micro)
+                self.backward(loss / len(micro), "disc")
+            total += float(loss) / len(micro)
+        lr = self.lr_now(o.disc_lr or o.lr)
+        stepped, _ = self.optimizer_step("disc", self.opt_d, self.disc_params, lr)
+        self.note_nonfinite(stepped, "discriminator loss or gradients")
+        return {"disc": total, **({"lecam": lecam_total} if self.lecam is not None else {})}
+
+    # validation ------------------------------------------------------------------------------------------------
+    def _eval_model(self) -> Tokenizer:
+        if self.ema is not None:
+            self.ema.copy_to(self.eval_tok)
+        return self.eval_tok.eval()
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        val = self._val_dataset()
+        if val is None:
+            return {}
+        tok, dev, c = self._eval_model(), self.device, self.model_config
+        n = min(len(val), self.opts.val_max_images)
+        picks = torch.linspace(0, len(val) - 1, n).round().long().tolist() if n < len(val) else list(range(n))
+        mine = picks[self.info.rank::self.info.world_size]
+        K, P, V = c.num_scales, c.product_quant, c.codebook_size
+        hist = torch.zeros(P, K, V, device=dev)
+        stats = torch.zeros(3, device=dev)  # psnr sum, ssim sum, count
+        reals, fakes, grid = [], [], None
+        bs = self.micro_batch
+        for start in range(0, len(mine), bs):
+            items = [val[i] for i in mine[start:start + bs]]
+            items = [it for it in items if not hasattr(it, "reason")]
+            if not items:
+                continue
+            x = torch.stack([it[0] for it in items]).to(dev)
+            with self.autocast():
+                codes = tok.encode(x)
+                recon = tok.decode(codes).float()
+            for p in range(P):
+                for si in range(K):
+                    hist[p, si] += torch.bincount(codes[p][si].flatten(), minlength=V).float()
+            stats += torch.stack([psnr((recon + 1) / 2, (x + 1) / 2).sum(), ssim((recon + 1) / 2, (x + 1) / 2).sum(),
+                                  torch.tensor(float(x.shape[0]), device=dev)])
+            if self.rfid_fn is not None:
+                reals.append(x.cpu())
+                fakes.append(recon.cpu())
+            if grid is None and self.info.is_main:
+                grid = (x[:8], [r.float() for r in tok.reconstruct_per_scale(x[:8])])
+        all_reduce_(hist)
+        all_reduce_(stats)
+        count = max(float(stats[2]), 1.0)
+        used = (hist > 0).float().mean(dim=-1)  # (P, K)
+        metrics = {"psnr": float(stats[0]) / count, "ssim": float(stats[1]) / count,
+                   "usage": float(used[:, -1].mean())}
+        for p in range(P):
+            for si in range(K):
+                metrics[f"usage_b{p}_s{si}"] = float(used[p, si])
+        if self.rfid_fn is not None:
+            metrics["rfid"] = float(self.rfid_fn(reals, fakes))
+        if grid is not None:
+            from ..viz import progression_grid
+            self.log.image("val/reconstructions_per_scale", progression_grid(grid[0].cpu(), [g.cpu() for g in grid[1]]),
+                           self.step)
+        return metrics
+
+    # saving ----------------------------------------------------------------------------------------------------
+    def export(self, out_dir: Path) -> None:
+        """The (EMA) weights, LoRA merged, in the inference format ``load_tokenizer`` reads."""
+        plain = Tokenizer(self.model_config)
+        plain.load_state_dict({k: v.cpu() for k, v in merged_state_dict(self._eval_model()).items()}, strict=True)
+        save_model(plain, "tokenizer", self.model_config, out_dir)
+
+    def model_states(self) -> dict[str, Any]:
+        s = {"tokenizer": self.tok.state_dict(), "opt": self.opt.state_dict()}
+        if self.ema is not None:
+            s["ema"] = self.ema.state_dict()
+        if self.disc is not None:
+            s["disc"] = self.disc.state_dict()
+            s["opt_d"] = self.opt_d.state_dict()
+            if self.lecam is not None:
+                s["lecam"] = self.lecam.state_dict()
+        return s
+
+    def load_model_states(self, states: dict[str, Any]) -> None:
+        self.tok.load_state_dict(states["tokenizer"], strict=True)
+        self.opt.load_state_dict(states["opt"])
+        if self.ema is not None:
+            if "ema" not in states:
+                raise TrainingError("the checkpoint has no EMA weights but ema is on; set ema: false to resume it")
+            self.ema.load_state_dict(states["ema"])
+        if self.disc is not None and "disc" in states:
+            self.disc.load_state_dict(states["disc"], strict=True)
+            self.opt_d.load_state_dict(states["opt_d"])
+            if self.lecam is not None and "lecam" in states:
+                self.lecam.load_state_dict(states["lecam"])
