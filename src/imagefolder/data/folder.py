@@ -55,6 +55,8 @@ def find_classes(root: str | Path) -> list[str]:
 def split_dir(root: str | Path, split: str) -> Path:
     """``root/split`` when it exists (a dataset with train/ and val/), else ``root`` itself for ``train``."""
     root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"no such folder: {root}")
     if (root / split).is_dir():
         return root / split
     if split == "train" and root.is_dir():

@@ -55,6 +55,17 @@ def gather_with_grad(t: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(t), dim=0)
 
 
+def _nonfinite_keys(tree: Any, prefix: str = "") -> list[str]:
+    """Paths of floating-point tensors in a nested dict/list that hold NaN or inf."""
+    if isinstance(tree, torch.Tensor):
+        return [prefix] if tree.is_floating_point() and not bool(torch.isfinite(tree).all()) else []
+    if isinstance(tree, dict):
+        return [k for key, v in tree.items() for k in _nonfinite_keys(v, f"{prefix}.{key}" if prefix else str(key))]
+    if isinstance(tree, (list, tuple)):
+        return [k for i, v in enumerate(tree) for k in _nonfinite_keys(v, f"{prefix}.{i}")]
+    return []
+
+
 class Trainer:
     """Subclasses set ``kind`` and implement ``build``, ``train_step``, ``validate``, ``export`` and
     ``model_states`` / ``load_model_states``."""
@@ -205,6 +216,10 @@ class Trainer:
             self.micro_in_epoch = 0
 
     def _save(self) -> None:
+        bad = _nonfinite_keys(self.model_states())
+        if bad:
+            raise TrainingError(f"refusing to write a checkpoint at step {self.step}: non-finite values in "
+                                f"{', '.join(bad[:3])}; resume from the last good checkpoint with a lower lr")
         state = {"format": TRAIN_FORMAT, "kind": self.kind, "step": self.step, "epoch": self.epoch,
                  "micro_in_epoch": self.micro_in_epoch, "nonfinite_total": self.nonfinite_total,
                  "best_value": self.best_value, "bad_files": self.bad_files[-1000:],

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 _NO_DECAY_WORDS = ("pos_", "pos_embed", "cls_token", "latent_tokens", "mask_token", "lvl_embed", "class_emb",
-                   "empty_emb", "embedding", "start", "level_embed")
+                   "empty_emb", "embedding", "start", "level_embed", "scale_mul")
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -263,9 +263,19 @@ class TokenizerTrainOptions(CommonOptions):
 
 
 # generator training ----------------------------------------------------------------------------------------------
+GENERATOR_ACCEPTED_ONLY: dict[str, tuple] = {
+    "opt": ("adamw", "adam"), "sche": ("lin0",), "pg": (0, 0.0), "twde": (0, 0.0), "saln": (False, 0),
+}
+
+
 @dataclasses.dataclass
 class GeneratorTrainOptions(CommonOptions):
-    """Generator (VAR) training; the VAR recipe's names in brackets: lr = tblr * global_batch_size / 256."""
+    """Generator (VAR) training; the VAR recipe's names in brackets: lr = tblr * global_batch_size / 256.
+
+    The model keys (depth, embed_dim, num_heads, num_classes, cond_drop_rate, p_drop, ...) apply on top of
+    ``model_preset``; the tokenizer configuration always comes from the ``tokenizer`` checkpoint, and
+    ``num_classes`` defaults to the number of classes of the training data.
+    """
 
     model_preset: str = "d16"
     tokenizer: str | None = None         # tokenizer checkpoint (--tokenizer on the command line)
@@ -280,10 +290,16 @@ class GeneratorTrainOptions(CommonOptions):
     final_lr_ratio: float = 0.01         # [wpe]
     hflip: bool = True                   # random horizontal flips (or both flips from the codes cache)
     ema_decay: float = 0.999
+    init_adaln_gamma: float = 1e-5       # [alng] initial scale of the AdaLN gamma weights (the recipes use 1e-4)
+    val_samples: int = 8                 # images in the validation sample grid (classes spread evenly); 0: none
+    sample_cfg: float = 3.25             # guidance, top-k and top-p of those samples
+    sample_top_k: int = 750
+    sample_top_p: float = 0.95
 
     def model_config(self, model_vals: dict[str, Any]) -> GeneratorConfig:
         self.check()
-        return generator_model_config(self.model_preset, model_vals)
+        from .generator_trainer import generator_config
+        return generator_config(self, model_vals)
 
     def check(self) -> None:
         if self.lr == 0:
@@ -293,6 +309,8 @@ class GeneratorTrainOptions(CommonOptions):
         self.check_common()
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.val_samples < 0 or self.sample_top_k < 0 or not 0.0 <= self.sample_top_p <= 1.0:
+            raise ConfigError("val_samples and sample_top_k must be >= 0 and sample_top_p in [0, 1]")
 
 
 def load_options(cls, accepted_only: dict[str, tuple], config_path: str | Path | None, overrides: dict[str, Any]):

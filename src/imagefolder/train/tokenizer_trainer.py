@@ -197,9 +197,9 @@ class TokenizerTrainer(Trainer):
                     means = means / self.info.world_size  # every process keeps the same LeCam averages
                     self.lecam.update(means[0], means[1])
                     loss = loss + o.lecam_loss_weight * reg
-                    lecam_total += float(reg) / len(micro)
+                    lecam_total += float(reg.detach()) / len(micro)
                 self.backward(loss / len(micro), "disc")
-            total += float(loss) / len(micro)
+            total += float(loss.detach()) / len(micro)
         lr = self.lr_now(o.disc_lr or o.lr)
         stepped, _ = self.optimizer_step("disc", self.opt_d, self.disc_params, lr)
         self.note_nonfinite(stepped, "discriminator loss or gradients")
@@ -269,7 +269,8 @@ class TokenizerTrainer(Trainer):
         save_model(plain, "tokenizer", self.model_config, out_dir)
 
     def model_states(self) -> dict[str, Any]:
-        s = {"tokenizer": self.tok.state_dict(), "opt": self.opt.state_dict()}
+        s = {"tokenizer": self.tok.state_dict(), "opt": self.opt.state_dict(),
+             "usage_updates": [q.usage_updates for q in self.tok.quantizes]}  # a counter outside the state dict
         if self.ema is not None:
             s["ema"] = self.ema.state_dict()
         if self.disc is not None:
@@ -281,6 +282,8 @@ class TokenizerTrainer(Trainer):
 
     def load_model_states(self, states: dict[str, Any]) -> None:
         self.tok.load_state_dict(states["tokenizer"], strict=True)
+        for q, n in zip(self.tok.quantizes, states["usage_updates"]):
+            q.usage_updates = n
         self.opt.load_state_dict(states["opt"])
         if self.ema is not None:
             if "ema" not in states:

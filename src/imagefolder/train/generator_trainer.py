@@ -1,0 +1,241 @@
+"""Generator (VAR) training: teacher forcing, cross-entropy over every scale and branch.
+
+One step: each micro-batch's codes (tokenized on the fly in float32 by the frozen tokenizer, or read from a
+``pretokenize`` cache), the teacher-forcing input the tokenizer builds from them, the generator's logits
+(B, L, P*V) viewed as (B, L, P, V) against the codes (B, L, P), cross-entropy with label smoothing averaged over
+batch, tokens and branches (the official loss). Label dropout (cond_drop_rate, for guidance) and token masking
+(p_drop) happen inside the model in training mode. One AdamW step with the VAR recipe (lr = tblr * batch / 256,
+warm-up then linear decay, no weight decay on norms, biases, embeddings and position tables), then the EMA of the
+generator's own weights (the frozen tokenizer is not averaged; the official trainer keeps no EMA).
+
+Validation (EMA weights): cross-entropy without smoothing and top-1 accuracy over the validation images, overall
+and per scale (averaged over branches); "best" is the lowest validation loss. A grid of samples for a few classes
+goes to TensorBoard.
+
+Glossary: ``B`` micro-batch, ``L`` tokens per branch over all scales, ``P`` branches, ``V`` codebook size,
+``K`` scales.
+"""
+from __future__ import annotations
+
+import copy
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import Dataset
+
+from ..config import ConfigError, GeneratorConfig
+from ..data.folder import BadItem, Batch, ImageFolderDataset, find_classes, split_dir
+from ..loading import _tokenizer_config, load_tokenizer, save_generator
+from ..models.generator import Generator, scale_levels
+from .engine import Trainer, TrainingError, all_reduce_
+from .optim import EMA, adamw, param_groups
+from .options import generator_model_config
+from .pretokenize import (CodesDataset, check_cache_tokenizer, codes_BPL, read_cache_meta, split_codes,
+                          tokenizer_fingerprint)
+
+_TOKENIZER_KEYS = "tokenizer."
+
+
+def training_classes(opts) -> list[str]:
+    """Class names of the training data: the codes cache's, else the image folder's."""
+    if opts.codes_cache:
+        return list(read_cache_meta(opts.codes_cache)["classes"])
+    if opts.data_path:
+        return find_classes(split_dir(opts.data_path, "train"))
+    raise ConfigError("no training data: set data_path (images) or codes_cache (imagefolder pretokenize output)")
+
+
+def generator_config(opts, model_vals: dict[str, Any]) -> GeneratorConfig:
+    """``model_preset`` + the YAML's model keys, with the tokenizer configuration of ``opts.tokenizer`` and, unless
+    the keys give it, ``num_classes`` = the number of classes of the training data."""
+    if not opts.tokenizer:
+        raise ConfigError("no tokenizer: pass --tokenizer CKPT (e.g. a train-tokenizer run's OUT/best, or an "
+                          "official tokenizer .pt)")
+    values = {**model_vals, "tokenizer": _tokenizer_config(opts.tokenizer)}
+    if "num_classes" not in values:
+        values["num_classes"] = len(training_classes(opts))
+    return generator_model_config(opts.model_preset, values)
+
+
+def own_state(gen: Generator) -> dict[str, torch.Tensor]:
+    """The generator's state without its frozen tokenizer's."""
+    return {k: v for k, v in gen.state_dict().items() if not k.startswith(_TOKENIZER_KEYS)}
+
+
+class GeneratorTrainer(Trainer):
+    kind = "generator"
+    best_metric = ("loss", False)
+
+    def __init__(self, opts, model_config, out_dir, info, **kw):
+        tok = load_tokenizer(opts.tokenizer)  # before the base class creates OUT: a wrong path fails first
+        if tok.config != model_config.tokenizer:
+            raise TrainingError(f"the tokenizer {opts.tokenizer} does not have the configuration the generator "
+                                "configuration names; build the configuration with generator_config()")
+        super().__init__(opts, model_config, out_dir, info, **kw)
+        self.tok = tok.to(self.device).requires_grad_(False).eval()
+
+    @cached_property
+    def tok_fingerprint(self) -> str:
+        return tokenizer_fingerprint(self.tok)
+
+    # data ------------------------------------------------------------------------------------------------------------
+    def train_dataset(self) -> Dataset:
+        o, c = self.opts, self.model_config
+        if o.codes_cache:
+            data = CodesDataset(o.codes_cache, flip=o.hflip, seed=o.global_seed)
+            check_cache_tokenizer(o.codes_cache, data.meta, self.tok, self.tok_fingerprint)
+        elif o.data_path:
+            data = ImageFolderDataset(split_dir(o.data_path, "train"), c.tokenizer.image_size, flip=o.hflip,
+                                      seed=o.global_seed)
+        else:
+            raise TrainingError("no training data: set data_path (images) or codes_cache (imagefolder pretokenize)")
+        self.classes = data.classes
+        if len(self.classes) > c.num_classes:
+            raise TrainingError(f"the training data has {len(self.classes)} classes but the generator num_classes "
+                                f"is {c.num_classes}; raise num_classes or leave it unset (default: the data's)")
+        return data
+
+    def _val_dataset(self) -> ImageFolderDataset | None:
+        root = self.opts.val_data_path
+        if root is None:
+            if not self.opts.data_path or not (Path(self.opts.data_path) / "val").is_dir():
+                return None
+            root = str(Path(self.opts.data_path) / "val")
+        return ImageFolderDataset(root, self.model_config.tokenizer.image_size, classes=self.classes)
+
+    # model -----------------------------------------------------------------------------------------------------
+    def build(self) -> None:
+        o, dev = self.opts, self.device
+        gen = Generator(self.model_config, self.tok)
+        gen.init_weights(init_adaln_gamma=o.init_adaln_gamma)
+        self.gen = gen.to(dev)
+        self.ema = None
+        self.eval_gen = self.gen
+        if o.ema:
+            self.ema = EMA(self.gen, o.ema_decay)
+            self.ema.shadow = {k: v for k, v in self.ema.shadow.items() if not k.startswith(_TOKENIZER_KEYS)}
+            self.eval_gen = copy.deepcopy(self.gen, memo={id(self.tok): self.tok}).eval()  # shares the tokenizer
+        self.module = torch.compile(self.gen) if o.compile else self.gen
+        if self.info.world_size > 1:
+            self.module = DDP(self.module, device_ids=[dev.index] if dev.type == "cuda" else None)
+        self.params = [p for p in self.gen.parameters() if p.requires_grad]
+        self.opt = adamw(param_groups(self.gen, o.weight_decay), o.lr, (o.beta1, o.beta2), dev)
+
+    # one step ----------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _codes(self, images_or_codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(codes (B, P, L) int64, teacher-forcing input) of images (B, 3, H, W) or of cached codes (B, P, L)."""
+        x = images_or_codes.to(self.device, non_blocking=True)
+        codes = codes_BPL(self.tok.encode(x)) if x.is_floating_point() else x.long()
+        return codes, self.tok.var_input(split_codes(codes, self.model_config.patch_nums))
+
+    def _logits_BLPV(self, model, labels_B: torch.Tensor, x_in: torch.Tensor) -> torch.Tensor:
+        logits = model(labels_B, x_in)
+        B, L, _ = logits.shape
+        return logits.view(B, L, self.gen.P, self.gen.V)
+
+    def train_step(self, micro: list[Batch]) -> dict[str, float]:
+        o, V = self.opts, self.gen.V
+        self.module.train()
+        sums = {"loss": 0.0, "acc": 0.0}
+        for i, batch in enumerate(micro):
+            codes_BPL_, x_in = self._codes(batch.images)  # from the cache, Batch.images holds codes (B, P, L)
+            target_BLP = codes_BPL_.transpose(1, 2)
+            labels = batch.labels.to(self.device, non_blocking=True)
+            with self.no_sync(self.module, i == len(micro) - 1), self.autocast():
+                logits = self._logits_BLPV(self.module, labels, x_in)
+                loss = F.cross_entropy(logits.reshape(-1, V), target_BLP.reshape(-1),
+                                       label_smoothing=o.label_smoothing)
+                self.backward(loss / len(micro), "generator")
+            sums["loss"] += float(loss.detach()) / len(micro)
+            sums["acc"] += float((logits.detach().argmax(-1) == target_BLP).float().mean()) / len(micro)
+        lr = self.lr_now(o.lr)
+        stepped, gnorm = self.optimizer_step("generator", self.opt, self.params, lr)
+        self.note_nonfinite(stepped, "generator loss or gradients")
+        if stepped and self.ema is not None:
+            self.ema.update(self.gen)
+        return {**sums, "lr": lr, "grad_norm": gnorm}
+
+    # validation ------------------------------------------------------------------------------------------------
+    def _eval_model(self) -> Generator:
+        if self.ema is not None:
+            self.ema.copy_to(self.eval_gen)
+        return self.eval_gen.eval()
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        gen = self._eval_model()
+        if self.info.is_main and self.opts.val_samples:
+            self._log_samples(gen)
+        val = self._val_dataset()
+        if val is None:
+            return {}
+        dev, pn = self.device, self.model_config.patch_nums
+        n = min(len(val), self.opts.val_max_images)
+        picks = torch.linspace(0, len(val) - 1, n).round().long().tolist() if n < len(val) else list(range(n))
+        mine = picks[self.info.rank::self.info.world_size]
+        level_L = scale_levels(pn, dev)[0]
+        K, P = len(pn), self.gen.P
+        stats = torch.zeros(2 + K, device=dev)  # loss sum, images, correct codes per scale
+        for start in range(0, len(mine), self.micro_batch):
+            items = [val[i] for i in mine[start:start + self.micro_batch]]
+            items = [it for it in items if not isinstance(it, BadItem)]
+            if not items:
+                continue
+            labels = torch.tensor([it[1] for it in items], device=dev)
+            codes_BPL_, x_in = self._codes(torch.stack([it[0] for it in items]))
+            target_BLP = codes_BPL_.transpose(1, 2)
+            with self.autocast():
+                logits = self._logits_BLPV(gen, labels, x_in).float()
+            stats[0] += F.cross_entropy(logits.reshape(-1, gen.V), target_BLP.reshape(-1), reduction="sum")
+            stats[1] += len(items)
+            correct_L = (logits.argmax(-1) == target_BLP).float().sum(dim=(0, 2))
+            stats[2:] += torch.zeros(K, device=dev).index_add_(0, level_L, correct_L)
+        all_reduce_(stats)
+        images = max(float(stats[1]), 1.0)
+        per_scale = torch.tensor([pn_ * pn_ for pn_ in pn], device=dev) * P * images
+        metrics = {"loss": float(stats[0]) / (images * gen.L * P), "acc": float(stats[2:].sum()) / (images * gen.L * P)}
+        metrics.update({f"acc_s{si}": float(stats[2 + si] / per_scale[si]) for si in range(K)})
+        return metrics
+
+    def _log_samples(self, gen: Generator) -> None:
+        """A row of samples for ``val_samples`` classes spread over the label range (seed 0: the same noise each
+        time, so the grids show the model change)."""
+        from torchvision.utils import make_grid
+
+        from ..viz import to_pil
+        o = self.opts
+        labels = torch.linspace(0, gen.num_classes - 1, o.val_samples).round().long()
+        imgs = gen.generate(labels, cfg=o.sample_cfg, top_k=o.sample_top_k, top_p=o.sample_top_p, seed=0)
+        self.log.image("val/samples", to_pil(make_grid(imgs.float().cpu(), nrow=min(8, o.val_samples), padding=2,
+                                                       pad_value=1.0)), self.step)
+
+    # saving ----------------------------------------------------------------------------------------------------
+    def export(self, out_dir: Path) -> None:
+        """The (EMA) generator with its tokenizer, in the format ``load_generator`` / ``imagefolder sample`` read."""
+        save_generator(self._eval_model(), out_dir)
+
+    def model_states(self) -> dict[str, Any]:
+        s = {"generator": own_state(self.gen), "opt": self.opt.state_dict(),
+             "tokenizer_fingerprint": self.tok_fingerprint}
+        if self.ema is not None:
+            s["ema"] = self.ema.state_dict()
+        return s
+
+    def load_model_states(self, states: dict[str, Any]) -> None:
+        if states.get("tokenizer_fingerprint") != self.tok_fingerprint:
+            raise TrainingError(f"the checkpoint was trained with a different tokenizer than {self.opts.tokenizer}; "
+                                "resume with the tokenizer the run started with")
+        missing, unexpected = self.gen.load_state_dict(states["generator"], strict=False)
+        wrong = [k for k in missing if not k.startswith(_TOKENIZER_KEYS)] + list(unexpected)
+        if wrong:
+            raise TrainingError(f"the checkpoint's generator does not match the configuration: {wrong[:5]}")
+        self.opt.load_state_dict(states["opt"])
+        if self.ema is not None:
+            if "ema" not in states:
+                raise TrainingError("the checkpoint has no EMA weights but ema is on; set ema: false to resume it")
+            self.ema.load_state_dict(states["ema"])

@@ -1,0 +1,35 @@
+"""Tiny datasets and configs shared by the training tests."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+TINY_TOKENIZER = {
+    "model_preset": "tiny", "pretrained_backbone": False, "image_size": 16, "patch_size": 4,
+    "num_latent_tokens": 4, "v_patch_nums": [1, 2], "codebook_size": 16, "codebook_embed_dim": 4,
+    "product_quant": 2, "semantic_guide": "none", "vit_kwargs": {"embed_dim": 32, "depth": 1, "num_heads": 2},
+    "drop_path_rate": 0.0, "codebook_drop": 0.5, "start_drop": 1,
+    "global_batch_size": 4, "epochs": 50, "lr": 3e-3, "warmup_steps": 2, "num_workers": 0,
+    "perceptual_weight": 0.0, "disc_type": "none", "log_every": 1, "ckpt_every": 1000, "val_every": 0,
+    "tensorboard": False, "ema_decay": 0.9,
+}
+
+
+def make_image_folder(root: Path, classes: int = 2, per_class: int = 6, size: int = 16, seed: int = 0) -> Path:
+    """``root/CLASS/i.png``: class c is a blob of colour c on noise, so the classes differ."""
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        d = root / f"class{c}"
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            img = rng.integers(0, 80, (size, size, 3), dtype=np.uint8)
+            img[size // 4: 3 * size // 4, size // 4: 3 * size // 4, c % 3] = 230
+            Image.fromarray(img).save(d / f"{i}.png")
+    return root
+
+
+def yaml_text(values: dict) -> str:
+    import yaml
+    return yaml.safe_dump(values)

@@ -1,0 +1,167 @@
+"""Tokenizer training: runs, losses fall, resume is bit-identical, non-finite steps are skipped, checkpoints are
+atomic, unreadable files are skipped, the official config is accepted."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from imagefolder.cli import main
+from imagefolder.config import ConfigError
+from imagefolder.distributed import DistInfo
+from imagefolder.loading import load_tokenizer
+from imagefolder.train.engine import TrainingError
+from imagefolder.train.options import TOKENIZER_ACCEPTED_ONLY, TokenizerTrainOptions, load_options, parse_overrides
+from imagefolder.train.state import Checkpoints, load_train_state
+from imagefolder.train.tokenizer_trainer import TokenizerTrainer
+
+from _train_helpers import TINY_TOKENIZER, make_image_folder, yaml_text
+
+REF = Path(__file__).parent / "data"
+CPU = DistInfo(0, 1, 0, torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("imgs")
+    make_image_folder(root / "train")
+    make_image_folder(root / "val", per_class=2, seed=1)
+    return root
+
+
+def _trainer(data, out, resume=None, **over):
+    opts, model = load_options(TokenizerTrainOptions, TOKENIZER_ACCEPTED_ONLY, None,
+                               {**TINY_TOKENIZER, "data_path": str(data / "train"), **over})
+    return TokenizerTrainer(opts, model, out, CPU, resume=resume, show_progress=False)
+
+
+def _weights(path):
+    return load_file(Path(path) / "model.safetensors")
+
+
+def test_cli_trains_and_writes_a_loadable_model(data, tmp_path):
+    cfg = tmp_path / "tok.yaml"
+    cfg.write_text(yaml_text({**TINY_TOKENIZER, "data_path": str(data / "train"), "val_data_path": str(data / "val"),
+                              "val_every": 5}))
+    out = tmp_path / "run"
+    assert main(["train-tokenizer", "--config", str(cfg), "--out", str(out), "--max-steps", "6", "--no-progress",
+                 "--lr", "2e-3"]) == 0
+    tok = load_tokenizer(out / "last")
+    assert tok.config.image_size == 16 and tok.config.v_patch_nums == (1, 2)
+    assert (out / "best" / "model.safetensors").is_file() and Checkpoints(out).latest().name == "step-00000006.pt"
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in rows if r["split"] == "val"]
+    assert val and {"psnr", "ssim", "usage", "usage_b1_s1"} <= set(val[-1])
+    assert [r for r in rows if r["split"] == "train"][0]["lr"] == pytest.approx(1e-3)  # warm-up step 1 of 2
+
+
+def test_losses_fall(data, tmp_path):
+    summary = _trainer(data, tmp_path, max_steps=40).fit()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    first = sum(r["rec"] for r in rows[:5]) / 5
+    last = sum(r["rec"] for r in rows[-5:]) / 5
+    assert summary["steps"] == 40 and last < 0.7 * first
+
+
+def test_resume_is_bit_identical(data, tmp_path):
+    over = dict(disc_type="patchgan", disc_num_layers=1, disc_dim=8, disc_start=1, lecam_loss_weight=0.01,
+                disc_adaptive_weight=True, codebook_drop=0.5)
+    _trainer(data, tmp_path / "straight", max_steps=6, **over).fit()
+    _trainer(data, tmp_path / "split", max_steps=3, **over).fit()
+    latest = Checkpoints(tmp_path / "split").latest()
+    assert load_train_state(latest)["step"] == 3
+    _trainer(data, tmp_path / "split", resume=latest, max_steps=6, **over).fit()
+    a, b = _weights(tmp_path / "straight" / "last"), _weights(tmp_path / "split" / "last")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    sa = load_train_state(Checkpoints(tmp_path / "straight").latest())["models"]
+    sb = load_train_state(Checkpoints(tmp_path / "split").latest())["models"]
+    for part in ("tokenizer", "disc"):
+        assert all(torch.equal(sa[part][k], sb[part][k]) for k in sa[part])
+
+
+def test_nonfinite_steps_are_skipped_then_the_run_stops(data, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    original = TokenizerTrainer._rec_loss
+
+    def sometimes_nan(self, recon, x):
+        calls["n"] += 1
+        loss = original(self, recon, x)
+        return loss * float("nan") if calls["n"] in (2, 3) else loss
+
+    monkeypatch.setattr(TokenizerTrainer, "_rec_loss", sometimes_nan)
+    summary = _trainer(data, tmp_path / "a", max_steps=5).fit()
+    assert summary["nonfinite_skipped"] == 2
+    w = _weights(tmp_path / "a" / "last")
+    assert all(torch.isfinite(v).all() for v in w.values() if v.is_floating_point())
+
+    monkeypatch.setattr(TokenizerTrainer, "_rec_loss", lambda self, r, x: original(self, r, x) * float("nan"))
+    with pytest.raises(TrainingError, match="non-finite"):
+        _trainer(data, tmp_path / "b", max_steps=10, max_nonfinite=3, ckpt_every=1).fit()
+    saved = Checkpoints(tmp_path / "b").all()  # steps 1 and 2 were skipped, so their weights are the initial ones
+    assert [p.name for p in saved] == ["step-00000001.pt", "step-00000002.pt"]
+    for p in saved:
+        tensors = load_train_state(p)["models"]["tokenizer"].values()
+        assert all(torch.isfinite(v).all() for v in tensors if v.is_floating_point())
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_one(data, tmp_path, monkeypatch):
+    _trainer(data, tmp_path, max_steps=2, ckpt_every=1).fit()
+    before = Checkpoints(tmp_path).latest()
+
+    def half_write(obj, path):
+        Path(path).write_bytes(b"PK\x03\x04 partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", half_write)
+    with pytest.raises(OSError):
+        Checkpoints(tmp_path).save(3, {"format": "imagefolder-train"})
+    assert Checkpoints(tmp_path).latest() == before
+    assert load_train_state(before)["step"] == 2
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_unreadable_files_are_skipped_and_logged(data, tmp_path):
+    import shutil
+    root = tmp_path / "d"
+    shutil.copytree(data / "train", root / "train")
+    (root / "train" / "class0" / "broken.png").write_bytes(b"not a png")
+    summary = _trainer(root, tmp_path / "run", max_steps=4).fit()
+    assert summary["bad_files"] >= 1
+    assert "broken.png" in (tmp_path / "run" / "log.txt").read_text()
+
+
+def test_lora_and_frozen_tuning_export_plain_weights(data, tmp_path):
+    t = _trainer(data, tmp_path, max_steps=2, enc_tuning_method="lora", dec_tuning_method="frozen", lora_r=2)
+    t.fit()
+    trainable = {n for n, p in t.tok.named_parameters() if p.requires_grad}
+    assert any("lora_" in n for n in trainable) and not any(n.startswith("decoder.model.blocks") for n in trainable)
+    tok = load_tokenizer(tmp_path / "last")  # the merged, plain layout
+    assert not any("lora" in k for k in tok.state_dict())
+
+
+def test_official_config_is_accepted_and_unknown_keys_are_named():
+    opts, model = load_options(TokenizerTrainOptions, TOKENIZER_ACCEPTED_ONLY,
+                               REF / "official-tokenizer.yaml", {"data_path": "x"})
+    assert (opts.lr, opts.disc_type, opts.disc_epoch_start, opts.lecam_loss_weight) == (3e-5, "dinodisc", 56, 0.001)
+    assert (model.codebook_size, model.num_latent_tokens, model.v_patch_nums[-1], model.half_sem) == (4096, 121, 11, True)
+    with pytest.raises(ConfigError, match=r"codebok_size \(did you mean codebook_size\?\)"):
+        load_options(TokenizerTrainOptions, TOKENIZER_ACCEPTED_ONLY, None, {"codebok_size": 8})
+    with pytest.raises(ConfigError, match="enc_type"):
+        load_options(TokenizerTrainOptions, TOKENIZER_ACCEPTED_ONLY, None, {"enc_type": "cnn"})
+    with pytest.raises(ConfigError, match="disc_type"):
+        load_options(TokenizerTrainOptions, TOKENIZER_ACCEPTED_ONLY, None, {"disc_type": "unet"})
+    assert parse_overrides(["--global-batch-size", "8", "--ema=false", "--v-patch-nums", "[1, 2]"]) == \
+        {"global_batch_size": 8, "ema": False, "v_patch_nums": [1, 2]}
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("lrr: 1\n")
+    assert main(["train-tokenizer", "--config", str(cfg)]) == 2
+    assert "lrr (did you mean lr?)" in capsys.readouterr().err
+    assert main(["train-tokenizer", "--data-path", str(tmp_path / "missing"), "--model-preset", "tiny",
+                 "--pretrained-backbone", "false", "--out", str(tmp_path / "o")]) == 2
+    assert "no such folder" in capsys.readouterr().err
