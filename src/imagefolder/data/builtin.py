@@ -1,10 +1,12 @@
-"""A built-in picture set that needs no download: coloured shapes on soft gradient backgrounds, one class per shape.
+"""A built-in picture set that needs no download: coloured shapes on mottled gradient backgrounds, one class per shape.
 
-Image ``i`` of seed ``s`` depends only on ``(s, i)`` and is drawn in resolution-free coordinates, so a set of ``n``
-images is a prefix of any larger set with the same seed, and the same picture renders at any size. Labels cycle
-through the classes (image ``i`` has label ``i % NUM_CLASSES``). Edges are anti-aliased by supersampling.
+Each picture has a random shape size (40-80% of the side), position, rotation, foreground colour, background
+gradient and background mottling. Image ``i`` of seed ``s`` in stream ``t`` depends only on ``(s, t, i)`` and is
+drawn in resolution-free coordinates, so a set of ``n`` images is a prefix of any larger set with the same seed, the
+same picture renders at any size, and streams give disjoint picture sets (a dataset's train and val splits). Labels
+cycle through the classes (image ``i`` has label ``i % NUM_CLASSES``). Edges are anti-aliased by supersampling.
 
-Glossary: ``N`` images, ``S`` supersampled side, ``H = W`` output side.
+Glossary: ``N`` images, ``S`` supersampled side, ``H = W`` output side, ``G`` side of the mottling lattice.
 """
 from __future__ import annotations
 
@@ -74,12 +76,14 @@ def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
     return v[..., None] - (v * s)[..., None] * np.clip(np.minimum(k, 4 - k), 0, 1)
 
 
-_NUM_PARAMS = 13
+_NUM_PARAMS = 14
+_LATTICE = 5  # G: the mottling is value noise on a G x G lattice spanning the picture
+_NUM_DRAWS = _NUM_PARAMS + _LATTICE * _LATTICE
 
 
-def _draw_parameters(seed: int, index: int) -> np.ndarray:
-    """The random numbers of one picture, from its own stream: (13,) uniforms in [0, 1)."""
-    return np.random.default_rng([seed, index]).random(_NUM_PARAMS)
+def _draw_parameters(seed: int, index: int, stream: int = 0) -> np.ndarray:
+    """The random numbers of one picture, from its own stream: (14 + G*G,) uniforms in [0, 1)."""
+    return np.random.default_rng([seed, stream, index]).random(_NUM_DRAWS)
 
 
 def _pixel_centres(side: int) -> np.ndarray:
@@ -87,12 +91,18 @@ def _pixel_centres(side: int) -> np.ndarray:
     return (np.arange(side, dtype=np.float32) + 0.5) / side * 2 - 1
 
 
+def _placement(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Shape centre (cx, cy) and radius, each (N,), in picture coordinates; the shape stays inside the picture."""
+    radius = 0.4 + 0.4 * p[9]
+    room = 0.95 - radius
+    return room * (2 * p[7] - 1), room * (2 * p[8] - 1), radius
+
+
 def _coverage(labels_N: np.ndarray, p: np.ndarray, size: int) -> np.ndarray:
     """The fraction of each pixel the shape covers, (N, size, size) float32, by supersampling its mask.
-    ``p``: parameters (13, N); picture coordinates span [-1, 1]^2 with y downwards."""
+    ``p``: parameters (14, N); picture coordinates span [-1, 1]^2 with y downwards."""
     ss = max(2, min(_MAX_SUPERSAMPLE, 256 // size))  # samples per pixel side
-    cx, cy = 0.4 * (p[7] - 0.5), 0.4 * (p[8] - 0.5)
-    radius = 0.5 + 0.2 * p[9]
+    cx, cy, radius = _placement(p)
     theta = 2 * np.pi * p[10]
     stripe_freq = 1.5 + 2.0 * p[12]
     centres = _pixel_centres(size * ss)
@@ -107,10 +117,20 @@ def _coverage(labels_N: np.ndarray, p: np.ndarray, size: int) -> np.ndarray:
     return mask_NSS.reshape(-1, size, ss, size, ss).mean(axis=(2, 4), dtype=np.float32)
 
 
-def _render(labels_N: np.ndarray, params_N13: np.ndarray, size: int) -> np.ndarray:
-    """Pictures (N, size, size, 3) uint8 for the given labels and per-picture parameters."""
-    p = params_N13.T.astype(np.float32)
-    # background: a linear gradient between two muted colours of neighbouring hues
+def _mottling(lattice_NGG: np.ndarray, size: int) -> np.ndarray:
+    """Value noise in [0, 1): the lattice values bilinearly interpolated at the pixel centres, (N, size, size)."""
+    t = (_pixel_centres(size) + 1) / 2 * (_LATTICE - 1)  # lattice coordinates of the pixel centres
+    i0 = np.minimum(np.floor(t).astype(np.int64), _LATTICE - 2)
+    f = (t - i0).astype(np.float32)
+    rows = lattice_NGG[:, i0] * (1 - f)[None, :, None] + lattice_NGG[:, i0 + 1] * f[None, :, None]  # (N, size, G)
+    return rows[:, :, i0] * (1 - f) + rows[:, :, i0 + 1] * f
+
+
+def _render(labels_N: np.ndarray, params_NP: np.ndarray, size: int) -> np.ndarray:
+    """Pictures (N, size, size, 3) uint8 for the given labels and per-picture draws (``_draw_parameters``)."""
+    p = params_NP[:, :_NUM_PARAMS].T.astype(np.float32)
+    lattice_NGG = params_NP[:, _NUM_PARAMS:].reshape(-1, _LATTICE, _LATTICE).astype(np.float32)
+    # background: a linear gradient between two muted colours of neighbouring hues, mottled in brightness
     hue_bg, dark_bg = p[0], p[1] < 0.5
     value_bg = np.where(dark_bg, 0.18 + 0.25 * p[2], 0.7 + 0.25 * p[2])
     col_a = _hsv_to_rgb(hue_bg, 0.25 + 0.35 * p[3], value_bg)
@@ -124,23 +144,29 @@ def _render(labels_N: np.ndarray, params_N13: np.ndarray, size: int) -> np.ndarr
     grad = 2 * np.pi * p[11]
     t_NHW = np.clip(0.5 + 0.35 * (np.cos(grad)[:, None, None] * xp + np.sin(grad)[:, None, None] * yp), 0, 1)
     bg_NHW3 = col_a[:, None, None] + (col_b - col_a)[:, None, None] * t_NHW[..., None]
-    cx, cy = 0.4 * (p[7] - 0.5), 0.4 * (p[8] - 0.5)
+    mottle_NHW = (0.16 * p[13])[:, None, None] * (2 * _mottling(lattice_NGG, size) - 1)
+    bg_NHW3 = bg_NHW3 + mottle_NHW[..., None]
+    cx, cy, _ = _placement(p)
     shade_NHW = 1.08 - 0.12 * (xp - cx[:, None, None] + yp - cy[:, None, None])  # soft light from the top left
     fg_NHW3 = col_fg[:, None, None] * shade_NHW[..., None]
     img = bg_NHW3 + (fg_NHW3 - bg_NHW3) * _coverage(labels_N, p, size)[..., None]
     return np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
 
 
-def builtin_images(n: int, size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` pictures (n, size, size, 3) uint8 and their labels (n,) int64 (indices into ``CLASS_NAMES``)."""
-    if n < 0 or size < 1:
-        raise ValueError(f"need n >= 0 and size >= 1, got n={n}, size={size}")
-    labels_N = np.arange(n, dtype=np.int64) % NUM_CLASSES
-    params_N13 = np.stack([_draw_parameters(seed, i) for i in range(n)]) if n else np.zeros((0, _NUM_PARAMS))
+def builtin_images(n: int, size: int = 64, seed: int = 0, *, first: int = 0,
+                   stream: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Pictures ``first .. first + n - 1`` of stream ``stream``: (n, size, size, 3) uint8 and their labels (n,)
+    int64 (indices into ``CLASS_NAMES``). Different streams of one seed are independent picture sets."""
+    if n < 0 or size < 1 or first < 0 or stream < 0:
+        raise ValueError(f"need n >= 0, size >= 1, first >= 0 and stream >= 0, got n={n}, size={size}, "
+                         f"first={first}, stream={stream}")
+    labels_N = np.arange(first, first + n, dtype=np.int64) % NUM_CLASSES
+    params_NP = (np.stack([_draw_parameters(seed, first + i, stream) for i in range(n)]) if n
+                 else np.zeros((0, _NUM_DRAWS)))
     images = np.empty((n, size, size, 3), dtype=np.uint8)
     for start in range(0, n, _CHUNK):
         stop = min(n, start + _CHUNK)
-        images[start:stop] = _render(labels_N[start:stop], params_N13[start:stop], size)
+        images[start:stop] = _render(labels_N[start:stop], params_NP[start:stop], size)
     return images, labels_N
 
 
