@@ -196,7 +196,9 @@ class GeneratorTrainer(Trainer):
             correct_L = (logits.argmax(-1) == target_BLP).float().sum(dim=(0, 2))
             stats[2:] += torch.zeros(K, device=dev).index_add_(0, level_L, correct_L)
         all_reduce_(stats)
-        images = max(float(stats[1]), 1.0)
+        images = float(stats[1])
+        if images == 0:
+            return {}
         per_scale = torch.tensor([pn_ * pn_ for pn_ in pn], device=dev) * P * images
         metrics = {"loss": float(stats[0]) / (images * gen.L * P), "acc": float(stats[2:].sum()) / (images * gen.L * P)}
         metrics.update({f"acc_s{si}": float(stats[2 + si] / per_scale[si]) for si in range(K)})

@@ -1,0 +1,140 @@
+"""Generator training: the CLI end to end, the loss (layout, label smoothing), overfitting, bit-identical resume,
+num_classes from the data, EMA and weight decay of the generator's own parameters only."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+import imagefolder as imf
+from imagefolder.cli import main
+from imagefolder.data.builtin import write_builtin_images
+from imagefolder.data.folder import collate_skip_bad
+from imagefolder.distributed import DistInfo
+from imagefolder.loading import save_tokenizer
+from imagefolder.train.engine import TrainingError
+from imagefolder.train.generator_trainer import GeneratorTrainer
+from imagefolder.train.options import GENERATOR_ACCEPTED_ONLY, GeneratorTrainOptions, load_options
+from imagefolder.train.state import Checkpoints, load_train_state
+
+DATA = Path(__file__).parent / "data"
+BASE = dict(model_preset="tiny", depth=1, embed_dim=64, num_heads=2, drop_path_rate=0.0, global_batch_size=8,
+            lr=3e-3, warmup_steps=2, num_workers=0, log_every=1, ckpt_every=1000, val_every=0, tensorboard=False,
+            ema_decay=0.9, val_samples=2, sample_top_k=0)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two contended cores: one thread is much faster for these tiny shapes
+    root = tmp_path_factory.mktemp("gen")
+    save_tokenizer(imf.load_tokenizer(DATA / "tiny_tokenizer.pt"), root / "tok")  # codes depend on the input
+    write_builtin_images(root / "data" / "train", 16, 64)
+    write_builtin_images(root / "data" / "val", 10, 64, seed=1)
+    write_builtin_images(root / "fixed" / "train", 8, 64)  # one batch: the overfitting set
+    yield root
+    torch.set_num_threads(threads)
+
+
+def config(root, name, **over):
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "tokenizer": str(root / "tok"), "data_path": str(root / "data"),
+                                    **over}))
+    return str(path)
+
+
+def train(cfg, out, *extra) -> int:
+    return main(["train-generator", "--config", cfg, "--out", str(out), "--no-progress", *map(str, extra)])
+
+
+def losses(out) -> list[float]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if r["split"] == "train"]
+
+
+def test_cli_end_to_end_then_sample(env, tmp_path):
+    out = tmp_path / "run"
+    assert train(config(env, "e2e", epochs=2, val_every=2, tensorboard=True), out) == 0
+    assert (out / "last" / "config.json").is_file() and (out / "best" / "config.json").is_file()
+    ckpt = Checkpoints(out).latest()
+    assert ckpt is not None and ckpt.name == "step-00000004.pt"
+    gen = imf.load_generator(out / "last")
+    assert gen.config.depth == 1 and gen.num_classes == 10 and gen.tokenizer.config == imf.load_tokenizer(
+        env / "tok").config
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in rows if r["split"] == "val"]
+    assert len(val) == 2 and {"loss", "acc", "acc_s0", "acc_s3"} <= set(val[-1])
+    assert all(0 <= val[-1][f"acc_s{si}"] <= 1 for si in range(4))
+    assert list((out / "tb").iterdir())
+    state = load_train_state(ckpt)["models"]  # the frozen tokenizer is neither saved nor averaged
+    assert not [k for k in [*state["generator"], *state["ema"]["shadow"]] if k.startswith("tokenizer.")]
+    assert main(["sample", "--generator", str(out / "last"), "--classes", "0,9", "--out", str(tmp_path / "s"),
+                 "--top-k", "0", "--device", "cpu"]) == 0
+    assert (tmp_path / "s" / "grid.png").is_file()
+
+
+def test_losses_fall_when_overfitting_one_batch(env, tmp_path):
+    cfg = config(env, "overfit", data_path=str(env / "fixed"), epochs=30, hflip=False, cond_drop_rate=0.0,
+                 lr_scheduler="constant")
+    assert train(cfg, tmp_path / "run") == 0
+    seen = losses(tmp_path / "run")
+    assert len(seen) == 30 and seen[-1] < 0.4 * seen[0]
+
+
+def test_resume_continues_bit_identically(env, tmp_path):
+    cfg = config(env, "resume", epochs=3, cond_drop_rate=0.2, p_drop=0.2, val_every=1000)  # 6 steps, flips on
+    assert train(cfg, tmp_path / "straight") == 0
+    assert train(cfg, tmp_path / "split", "--max-steps", 4) == 0
+    assert train(cfg, tmp_path / "split", "--resume", "auto") == 0
+    a = load_train_state(Checkpoints(tmp_path / "straight").latest())
+    b = load_train_state(Checkpoints(tmp_path / "split").latest())
+    assert a["step"] == b["step"] == 6
+    for part in ("generator",):
+        assert all(torch.equal(v, b["models"][part][k]) for k, v in a["models"][part].items())
+    assert all(torch.equal(v, b["models"]["ema"]["shadow"][k]) for k, v in a["models"]["ema"]["shadow"].items())
+    assert losses(tmp_path / "straight") == losses(tmp_path / "split")
+
+
+def test_num_classes_defaults_to_the_data(env, tmp_path):
+    write_builtin_images(tmp_path / "three", 3, 64)  # classes circle, square, triangle
+    over = {"tokenizer": str(env / "tok"), "data_path": str(tmp_path / "three"), "model_preset": "d16"}
+    _, model = load_options(GeneratorTrainOptions, GENERATOR_ACCEPTED_ONLY, None, over)
+    assert model.num_classes == 3 and model.depth == 16  # not the preset's 1000
+    assert model.tokenizer == imf.load_tokenizer(env / "tok").config  # not the preset's imagefolder-4096
+    _, model = load_options(GeneratorTrainOptions, GENERATOR_ACCEPTED_ONLY, None, {**over, "num_classes": 7})
+    assert model.num_classes == 7
+    opts, model = load_options(GeneratorTrainOptions, GENERATOR_ACCEPTED_ONLY, None,
+                               {**over, "num_classes": 2, "model_preset": "tiny"})
+    with pytest.raises(TrainingError, match="3 classes"):
+        GeneratorTrainer(opts, model, tmp_path / "out", DistInfo(0, 1, 0, torch.device("cpu"))).train_dataset()
+
+
+def test_loss_layout_and_label_smoothing(env, tmp_path):
+    """The step's loss is the official one: mean over branches of the cross-entropy of logit chunk p against the
+    codes of branch p over all scales, with (1 - e) * nll + e * mean(-log p) under label smoothing e."""
+    for eps in (0.0, 0.3):
+        opts, model = load_options(GeneratorTrainOptions, GENERATOR_ACCEPTED_ONLY, config(env, "ls"),
+                                   {"label_smoothing": eps, "cond_drop_rate": 0.0, "hflip": False})
+        trainer = GeneratorTrainer(opts, model, tmp_path / f"ls{eps}", DistInfo(0, 1, 0, torch.device("cpu")))
+        data = trainer.train_dataset()
+        torch.manual_seed(0)
+        trainer.build()
+        trainer.schedule_steps, trainer.warmup_steps = 10, 0
+        batch = collate_skip_bad([data[i] for i in range(4)])
+        gen, tok, V, P = trainer.gen, trainer.tok, trainer.gen.V, trainer.gen.P
+        codes = tok.encode(batch.images)
+        with torch.no_grad():
+            logits = gen.train()(batch.labels, tok.var_input(codes))
+        logp = [lg.reshape(-1, V).log_softmax(-1) for lg in logits.chunk(P, dim=-1)]
+        gts = [torch.cat(codes[p], dim=1).reshape(-1) for p in range(P)]
+        nll = sum(F.nll_loss(lp, gt) for lp, gt in zip(logp, gts)) / P
+        uniform = sum(-lp.mean(-1).mean() for lp in logp) / P
+        logs = trainer.train_step([batch])
+        assert logs["loss"] == pytest.approx(float((1 - eps) * nll + eps * uniform), rel=1e-5)
+        no_decay = {id(p) for g in trainer.opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+        named = dict(trainer.gen.named_parameters())
+        assert id(named["blocks.0.attn.scale_mul_1H11"]) in no_decay and id(named["class_emb.weight"]) in no_decay
+        assert id(named["blocks.0.attn.mat_qkv.weight"]) not in no_decay
+        assert not [n for n in named if n.startswith("tokenizer.") and named[n].requires_grad]
