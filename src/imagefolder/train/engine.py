@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..data.folder import Batch, collate_skip_bad
-from ..distributed import DistInfo
+from ..distributed import DistInfo, all_gather_object
 from .logger import RunLogger
 from .optim import lr_factor, set_lr
 from .sampler import ResumableSampler
@@ -64,6 +64,13 @@ def _nonfinite_keys(tree: Any, prefix: str = "") -> list[str]:
     if isinstance(tree, (list, tuple)):
         return [k for i, v in enumerate(tree) for k in _nonfinite_keys(v, f"{prefix}.{i}")]
     return []
+
+
+def broadcast_buffers_(module: nn.Module) -> None:
+    """Copy rank 0's buffers (e.g. BatchNorm running statistics) to every process."""
+    if _active():
+        for b in module.buffers():
+            dist.broadcast(b, 0)
 
 
 class Trainer:
@@ -223,7 +230,7 @@ class Trainer:
         state = {"format": TRAIN_FORMAT, "kind": self.kind, "step": self.step, "epoch": self.epoch,
                  "micro_in_epoch": self.micro_in_epoch, "nonfinite_total": self.nonfinite_total,
                  "best_value": self.best_value, "bad_files": self.bad_files[-1000:],
-                 "models": self.model_states(), "rng": rng_state(),
+                 "models": self.model_states(), "rng": all_gather_object(rng_state()),  # one per process
                  "scalers": {k: s.state_dict() for k, s in self.scalers.items()}, **self.run_config()}
         if self.info.is_main:
             self.ckpts.save(self.step, state)
@@ -240,7 +247,11 @@ class Trainer:
         self.step, self.epoch, self.micro_in_epoch = state["step"], state["epoch"], state["micro_in_epoch"]
         self.nonfinite_total, self.best_value = state["nonfinite_total"], state["best_value"]
         self.bad_files = list(state.get("bad_files", []))
-        set_rng_state(state["rng"])
+        rngs = state["rng"]
+        if len(rngs) != self.info.world_size:
+            self.log.line(f"the checkpoint was written by {len(rngs)} process(es), this run has "
+                          f"{self.info.world_size}: random streams restart from the checkpoint's first one")
+        set_rng_state(rngs[self.info.rank % len(rngs)])
         self.log.line(f"resumed from {self.resume_path} at step {self.step} (epoch {self.epoch})")
 
     def _validate_and_keep_best(self) -> dict[str, float]:
@@ -262,7 +273,7 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         """Train to ``max_steps`` / ``epochs``; returns a summary (steps, images/s, last validation, skips)."""
-        torch.manual_seed(self.opts.global_seed + self.info.rank)
+        torch.manual_seed(self.opts.global_seed)  # the same initial weights in every process
         dataset = self.train_dataset()
         loader, sampler = self._loader(dataset)
         A = self.opts.gradient_accumulation_steps
@@ -276,6 +287,7 @@ class Trainer:
         self.warmup_steps = self.opts.warmup_steps if self.opts.warmup_steps is not None \
             else int(round(self.opts.warmup_epochs * self.steps_per_epoch))
         self.build()
+        torch.manual_seed(self.opts.global_seed + self.info.rank)  # each process its own dropout draws
         if self.resume_path:
             self._resume()
         self.log.line(f"training {self.kind}: {self.total_steps} steps of {self.opts.global_batch_size} images "

@@ -25,7 +25,7 @@ from ..data.folder import ImageFolderDataset, split_dir
 from ..losses import LeCam, PerceptualLoss, adaptive_weight, build_discriminator, d_loss, diff_augment, g_loss
 from ..metrics.image_quality import psnr, ssim
 from ..models.tokenizer import Tokenizer
-from .engine import Trainer, TrainingError, all_reduce_, gather_with_grad
+from .engine import Trainer, TrainingError, all_reduce_, broadcast_buffers_, gather_with_grad
 from .optim import EMA, adamw, param_groups
 from .tuning import apply_tuning, merged_state_dict
 
@@ -84,6 +84,12 @@ class TokenizerTrainer(Trainer):
             tok.load_state_dict(init.state_dict(), strict=True)
         apply_tuning(tok.encoder.model, o.enc_tuning_method, r=o.lora_r, alpha=o.lora_alpha, dropout=o.lora_dropout)
         apply_tuning(tok.decoder.model, o.dec_tuning_method, r=o.lora_r, alpha=o.lora_alpha, dropout=o.lora_dropout)
+        for q in tok.quantizes:  # phi convs no scale uses never get a gradient; DDP needs them marked frozen
+            K = len(q.v_patch_nums)
+            used = {q.quant_resi.index(si, K) for si in range(K)}
+            for i, phi in enumerate(q.quant_resi.qresi_ls):
+                if i not in used:
+                    phi.requires_grad_(False)
         self.tok = tok.to(dev)
         self.ema = EMA(self.tok, o.ema_decay) if o.ema else None
         self.eval_tok = copy.deepcopy(self.tok).eval() if o.ema else self.tok
@@ -155,7 +161,7 @@ class TokenizerTrainer(Trainer):
                 vq = o.codebook_weight * (out.losses["codebook"] + out.losses["commitment"])
                 loss = nll + vq + out.losses.get("semantic", 0.0)
                 if use_disc:
-                    g = g_loss(o.gen_loss, self.disc_module(self._disc_input(recon)))
+                    g = g_loss(o.gen_loss, self.disc(self._disc_input(recon)))  # not the DDP wrapper: no sync
                     w = adaptive_weight(nll, g, self.tok.decoder.to_pixel.weight) if o.disc_adaptive_weight else 1.0
                     loss = loss + w * o.disc_weight * g
                     add("gen_adv", g)
@@ -203,6 +209,7 @@ class TokenizerTrainer(Trainer):
         lr = self.lr_now(o.disc_lr or o.lr)
         stepped, _ = self.optimizer_step("disc", self.opt_d, self.disc_params, lr)
         self.note_nonfinite(stepped, "discriminator loss or gradients")
+        broadcast_buffers_(self.disc)  # running statistics updated after DDP's own broadcast: keep replicas equal
         return {"disc": total, **({"lecam": lecam_total} if self.lecam is not None else {})}
 
     # validation ------------------------------------------------------------------------------------------------
