@@ -165,3 +165,23 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["train-tokenizer", "--data-path", str(tmp_path / "missing"), "--model-preset", "tiny",
                  "--pretrained-backbone", "false", "--out", str(tmp_path / "o")]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_classifier_teacher_regularises_a_branch(data, tmp_path):
+    from imagefolder.models.classifier import ClassifierConfig, DomainClassifier, save_classifier
+    teacher = DomainClassifier(ClassifierConfig(image_size=16, num_classes=2, width=8, depth=3))  # 32-d features
+    save_classifier(teacher, ["class0", "class1"], tmp_path / "teacher")
+    t = _trainer(data, tmp_path / "run", max_steps=3, semantic_guide="classifier",
+                 semantic_teacher=str(tmp_path / "teacher"), half_sem=True)
+    t.fit()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["semantic"] > 0 for r in rows)
+    tok = load_tokenizer(tmp_path / "run" / "last")
+    assert tok.config.teacher["width"] == 8
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in tok.semantic_model.state_dict().items())
+
+
+def test_time_budget_stops_the_run(data, tmp_path):
+    summary = _trainer(data, tmp_path, max_steps=10_000, time_budget_minutes=0.02).fit()
+    assert 1 <= summary["steps"] < 10_000 and summary["seconds"] < 30
+    assert "time budget" in (tmp_path / "log.txt").read_text()

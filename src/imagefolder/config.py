@@ -37,7 +37,8 @@ class TokenizerConfig:
     codebook_drop: float = 0.1           # fraction of each batch trained on a truncated scale prefix
     start_drop: int = 3                  # fewest scales a dropped sample keeps
     commit_loss_beta: float = 0.25       # commitment weight inside the VQ loss
-    semantic_guide: str = "dinov2"       # "dinov2": frozen teacher regularises a branch; "none"
+    semantic_guide: str = "dinov2"       # teacher regularising a branch: "dinov2" (frozen ViT), "classifier", "none"
+    teacher: dict[str, Any] = field(default_factory=dict)  # ClassifierConfig fields when semantic_guide="classifier"
     half_sem: bool = True                # True: regularise the last branch only; False: all branches (1x1 mix)
     sem_loss_weight: float = 0.1
     sem_loss_scale: float = 1.0          # logit scale of the contrastive loss
@@ -66,8 +67,10 @@ class TokenizerConfig:
         _check(0.0 <= self.codebook_drop <= 1.0, f"codebook_drop must be in [0, 1], got {self.codebook_drop}")
         _check(1 <= self.start_drop <= len(self.v_patch_nums),
                f"start_drop must be in [1, {len(self.v_patch_nums)}], got {self.start_drop}")
-        _check(self.semantic_guide in ("dinov2", "none"),
-               f"semantic_guide must be 'dinov2' or 'none', got {self.semantic_guide!r}")
+        _check(self.semantic_guide in ("dinov2", "classifier", "none"),
+               f"semantic_guide must be 'dinov2', 'classifier' or 'none', got {self.semantic_guide!r}")
+        self.teacher = dict(self.teacher)  # filled from the teacher checkpoint by the trainer when empty
+
         _check(self.image_size > 0 and self.patch_size > 0 and self.image_size % self.patch_size == 0,
                f"image_size ({self.image_size}) must be a positive multiple of patch_size ({self.patch_size})")
         unknown = set(self.vit_kwargs) - {"embed_dim", "depth", "num_heads", "mlp_ratio"}

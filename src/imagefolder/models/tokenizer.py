@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import TokenizerConfig
+from ..config import ConfigError, TokenizerConfig
 from .lowp import LowPrecisionWeights, low_precision
 from .quantizer import MultiScaleQuantizer
 from .vit import LatentViTDecoder, LatentViTEncoder, create_vit
@@ -59,8 +59,19 @@ class Tokenizer(nn.Module):
             MultiScaleQuantizer(c.codebook_size, c.codebook_embed_dim, c.v_patch_nums,
                                 share_quant_resi=c.share_quant_resi, quant_resi=c.quant_resi, beta=c.commit_loss_beta)
             for _ in range(c.product_quant)])
-        if c.semantic_guide == "dinov2":
-            self.semantic_model = create_vit(c.encoder_model, drop_path_rate=0.0, pretrained=pretrained_backbone, **vit)
+        if c.semantic_guide != "none":
+            if c.semantic_guide == "dinov2":
+                self.semantic_model = create_vit(c.encoder_model, drop_path_rate=0.0, pretrained=pretrained_backbone,
+                                                 **vit)
+            else:  # a small classifier trained on the dataset: a teacher that needs no download
+                from .classifier import ClassifierConfig, DomainClassifier
+                if not c.teacher:
+                    raise ConfigError("semantic_guide='classifier' needs the teacher's ClassifierConfig in 'teacher'")
+                teacher = ClassifierConfig.from_dict(c.teacher)
+                if teacher.feature_dim != self.encoder.embed_dim:
+                    raise ConfigError(f"the classifier teacher's features ({teacher.feature_dim}) must be as wide as "
+                                      f"the encoder ({self.encoder.embed_dim}): quant_conv projects both")
+                self.semantic_model = DomainClassifier(teacher)
             self.semantic_model.requires_grad_(False).eval()
             if not c.half_sem:
                 self.sem_linear = nn.Conv2d(c.product_quant * c.codebook_embed_dim, c.codebook_embed_dim, 1)
@@ -155,11 +166,13 @@ class Tokenizer(nn.Module):
         """The frozen teacher's pooled feature (B, D) of images in [-1, 1] and its projection by quant_conv (B, Cb)."""
         if not hasattr(self, "semantic_model"):
             raise RuntimeError("this tokenizer has no semantic teacher (semantic_guide='none')")
-        mean = torch.tensor(IMAGENET_MEAN, device=x_B3HW.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=x_B3HW.device).view(1, 3, 1, 1)
-        x = ((x_B3HW + 1) / 2 - mean) / std
         with torch.no_grad():
-            feat_BD = self.semantic_model(x)
+            if self.config.semantic_guide == "classifier":
+                feat_BD = self.semantic_model.features(x_B3HW)  # trained on [-1, 1] images
+            else:
+                mean = torch.tensor(IMAGENET_MEAN, device=x_B3HW.device).view(1, 3, 1, 1)
+                std = torch.tensor(IMAGENET_STD, device=x_B3HW.device).view(1, 3, 1, 1)
+                feat_BD = self.semantic_model(((x_B3HW + 1) / 2 - mean) / std)
         proj_BC = self.quant_conv(feat_BD[..., None, None]).mean(dim=(2, 3))
         return feat_BD, proj_BC
 

@@ -186,8 +186,16 @@ class Trainer:
                 f"without writing a checkpoint. Lower lr, enable gradient clipping (max_grad_norm), or use "
                 f"mixed_precision none/bf16; resume from the last good checkpoint with --resume auto.")
 
+    def budget_share(self) -> float:
+        """Share of the time budget used so far (0 without a budget)."""
+        budget = self.opts.time_budget_minutes
+        return 0.0 if not budget else (time.time() - self._t_start) / (60 * budget)
+
     def lr_now(self, base_lr: float) -> float:
-        return base_lr * lr_factor(self.step, self.schedule_steps, self.warmup_steps, self.opts.lr_scheduler,
+        step = self.step
+        if self.opts.time_budget_minutes:  # the schedule follows the clock, so it ends with the budget
+            step = max(step, int(self.budget_share() * self.schedule_steps))
+        return base_lr * lr_factor(step, self.schedule_steps, self.warmup_steps, self.opts.lr_scheduler,
                                    self.opts.final_lr_ratio)
 
     # the loop ------------------------------------------------------------------------------------------------------
@@ -296,8 +304,16 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.show_progress, desc=f"train {self.kind}",
                    dynamic_ncols=True)
         t0, images, last_val, logs = time.time(), 0, {}, {}
+        self._t_start = t0
         batches = self._micro_batches(loader, sampler, dataset)
         while self.step < self.total_steps:
+            if self.opts.time_budget_minutes and self.budget_share() >= 1.0:
+                over = torch.tensor(1.0, device=self.device)
+            else:
+                over = torch.tensor(0.0, device=self.device)
+            if float(all_reduce_(over, dist.ReduceOp.MAX if _active() else None)) > 0:  # every process stops together
+                self.log.line(f"time budget of {self.opts.time_budget_minutes} min reached at step {self.step}")
+                break
             micro = next(batches)
             logs = self.train_step(micro)
             images += sum(b.images.shape[0] for b in micro) * self.info.world_size
@@ -308,9 +324,11 @@ class Trainer:
                 rate = images / max(time.time() - t0, 1e-9)
                 self.log.scalars({**logs, "images_per_s": rate, "nonfinite_total": self.nonfinite_total}, self.step)
                 self.history.append({"step": self.step, **logs})
-            if self.opts.val_every and self.step % self.opts.val_every == 0 and self.step < self.total_steps:
+            if self.step == self.total_steps:
+                break
+            if self.opts.val_every and self.step % self.opts.val_every == 0:
                 last_val = self._validate_and_keep_best()
-            if self.step % self.opts.ckpt_every == 0 and self.step < self.total_steps:
+            if self.step % self.opts.ckpt_every == 0:
                 self._save()
         bar.close()
         seconds = time.time() - t0

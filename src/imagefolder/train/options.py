@@ -131,6 +131,8 @@ class CommonOptions:
     model_preset: str = ""               # named model configuration the model keys are applied to
     epochs: int = 1
     max_steps: int | None = None         # stop after this many optimizer steps (None: epochs decide)
+    time_budget_minutes: float | None = None  # stop after this much training time; the lr schedule then follows
+                                         # the elapsed share of the budget (so it still decays to its end)
     global_batch_size: int = 32          # images per optimizer step over all processes and accumulation steps
     gradient_accumulation_steps: int = 1
     lr: float = 1e-4
@@ -213,6 +215,7 @@ class TokenizerTrainOptions(CommonOptions):
     model_preset: str = "imagefolder-4096"
     pretrained_backbone: str = "true"    # true (timm download of the DINOv2 weights) | false | PATH (local file)
     vq_ckpt: str | None = None           # initial weights: an official .pt or one of our checkpoints
+    semantic_teacher: str | None = None  # classifier checkpoint (train-classifier) when semantic_guide: classifier
     finetune: bool = False               # accepted for compatibility: vq_ckpt always initialises weights only
     enc_tuning_method: str = "full"      # full | lora | frozen
     dec_tuning_method: str = "full"

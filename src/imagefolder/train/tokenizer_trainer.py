@@ -12,6 +12,7 @@ Glossary: ``B`` micro-batch, ``P`` branches, ``K`` scales, ``V`` codebook size.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -75,9 +76,23 @@ class TokenizerTrainer(Trainer):
         apply_tuning(tok.decoder.model, o.dec_tuning_method, r=o.lora_r, alpha=o.lora_alpha, dropout=o.lora_dropout)
         return tok
 
+    def _teacher(self):
+        """The classifier teacher named by semantic_teacher (its config goes into the tokenizer config)."""
+        from ..models.classifier import load_classifier
+        if not self.opts.semantic_teacher:
+            raise TrainingError("semantic_guide: classifier needs semantic_teacher: DIR (a train-classifier output)")
+        teacher, _ = load_classifier(self.opts.semantic_teacher)
+        if self.model_config.teacher and self.model_config.teacher != teacher.config.to_dict():
+            raise TrainingError(f"semantic_teacher {self.opts.semantic_teacher} does not match the config's teacher")
+        self.model_config = dataclasses.replace(self.model_config, teacher=teacher.config.to_dict())
+        return teacher
+
     def build(self) -> None:
         o, dev = self.opts, self.device
+        teacher = self._teacher() if self.model_config.semantic_guide == "classifier" and not o.vq_ckpt else None
         tok = Tokenizer(self.model_config, pretrained_backbone=parse_pretrained(o.pretrained_backbone))
+        if teacher is not None:
+            tok.semantic_model.load_state_dict(teacher.state_dict(), strict=True)
         if o.vq_ckpt:
             from ..loading import load_tokenizer
             init = load_tokenizer(o.vq_ckpt, config=self.model_config)
