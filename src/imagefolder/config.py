@@ -73,8 +73,9 @@ class TokenizerConfig:
 
         _check(self.image_size > 0 and self.patch_size > 0 and self.image_size % self.patch_size == 0,
                f"image_size ({self.image_size}) must be a positive multiple of patch_size ({self.patch_size})")
-        unknown = set(self.vit_kwargs) - {"embed_dim", "depth", "num_heads", "mlp_ratio"}
-        _check(not unknown, f"vit_kwargs may set embed_dim, depth, num_heads, mlp_ratio; got {sorted(unknown)}")
+        unknown = set(self.vit_kwargs) - {"embed_dim", "depth", "num_heads", "mlp_ratio", "init_values"}
+        _check(not unknown, "vit_kwargs may set embed_dim, depth, num_heads, mlp_ratio, init_values (LayerScale "
+                            f"start; DINOv2 uses 1e-5, too small for training from scratch); got {sorted(unknown)}")
 
     # derived sizes -------------------------------------------------------------------------------------------
     @property
