@@ -13,7 +13,7 @@ TINY_TOKENIZER = {
     "drop_path_rate": 0.0, "codebook_drop": 0.5, "start_drop": 1,
     "global_batch_size": 4, "epochs": 50, "lr": 3e-3, "warmup_steps": 2, "num_workers": 0,
     "perceptual_weight": 0.0, "disc_type": "none", "log_every": 1, "ckpt_every": 1000, "val_every": 0,
-    "tensorboard": False, "ema_decay": 0.9,
+    "tensorboard": False, "ema_decay": 0.9, "rfid_features": "none",
 }
 
 

@@ -172,10 +172,12 @@ def test_classifier_teacher_regularises_a_branch(data, tmp_path):
     teacher = DomainClassifier(ClassifierConfig(image_size=16, num_classes=2, width=8, depth=3))  # 32-d features
     save_classifier(teacher, ["class0", "class1"], tmp_path / "teacher")
     t = _trainer(data, tmp_path / "run", max_steps=3, semantic_guide="classifier",
-                 semantic_teacher=str(tmp_path / "teacher"), half_sem=True)
-    t.fit()
+                 semantic_teacher=str(tmp_path / "teacher"), half_sem=True, val_data_path=str(data / "val"),
+                 val_every=3, rfid_features=f"domain:{tmp_path / 'teacher'}")
+    summary = t.fit()
+    assert summary["last_val"]["rfid"] >= 0  # in the teacher's feature space
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert all(r["semantic"] > 0 for r in rows)
+    assert all(r["semantic"] > 0 for r in rows if r["split"] == "train")
     tok = load_tokenizer(tmp_path / "run" / "last")
     assert tok.config.teacher["width"] == 8
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in tok.semantic_model.state_dict().items())

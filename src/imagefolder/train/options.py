@@ -244,7 +244,9 @@ class TokenizerTrainOptions(CommonOptions):
     disc_augment: str = "color,translation,cutout"         # DiffAugment policy for discriminator inputs ("" = none)
     aug_prob: float = 1.0                # probability of augmenting a discriminator batch
     aug_fade_steps: int = 0              # blur of discriminator inputs fades out over this many steps after start
-    rfid_features: str = "auto"          # auto | inception | domain:CLASSIFIER_DIR | none
+    rfid_features: str = "auto"          # auto | inception | domain:CLASSIFIER_DIR | none (auto: Inception when
+                                         # its weights load, else the classifier teacher, else no rFID)
+    inception_weights: str | None = None  # local Inception file for rFID (default: torch-fidelity's download)
     save_best_metric: str = "psnr"       # psnr | ssim | rfid | usage (what "best" means)
 
     def model_config(self, model_vals: dict[str, Any]) -> TokenizerConfig:

@@ -49,7 +49,7 @@ class TokenizerTrainer(Trainer):
     def __init__(self, opts, model_config, out_dir, info, **kw):
         super().__init__(opts, model_config, out_dir, info, **kw)
         self.best_metric = (opts.save_best_metric, _HIGHER_IS_BETTER[opts.save_best_metric])
-        self.rfid_fn = None  # set by the caller: (real_B3HW, fake_B3HW) lists -> float; None disables rFID
+        self._rfid = None  # the rFID feature extractor, made at the first validation
 
     # data ------------------------------------------------------------------------------------------------------------
     def train_dataset(self):
@@ -233,6 +233,28 @@ class TokenizerTrainer(Trainer):
             self.ema.copy_to(self.eval_tok)
         return self.eval_tok.eval()
 
+    def _rfid_extractor(self):
+        """Inception when its weights load, else the classifier teacher's features (``auto``); None: no rFID."""
+        from ..metrics.extractors import DomainExtractor
+        from ..metrics.inception import InceptionExtractor, InceptionUnavailable
+        spec, o = self.opts.rfid_features, self.opts
+        if spec == "none":
+            return None
+        if spec.startswith("domain:"):
+            return DomainExtractor(spec[len("domain:"):], self.device)
+        if spec not in ("auto", "inception"):
+            raise TrainingError(f"rfid_features must be auto, inception, domain:DIR or none; got {spec!r}")
+        try:
+            return InceptionExtractor(o.inception_weights, self.device)
+        except (InceptionUnavailable, FileNotFoundError) as e:
+            if spec == "inception":
+                raise TrainingError(str(e)) from None
+            if o.semantic_teacher:
+                self.log.line(f"rFID in the classifier teacher's feature space (Inception unavailable: {e})")
+                return DomainExtractor(o.semantic_teacher, self.device)
+            self.log.line(f"no rFID: Inception weights unavailable ({e}) and no classifier teacher")
+            return None
+
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         val = self._val_dataset()
@@ -245,6 +267,8 @@ class TokenizerTrainer(Trainer):
         K, P, V = c.num_scales, c.product_quant, c.codebook_size
         hist = torch.zeros(P, K, V, device=dev)
         stats = torch.zeros(3, device=dev)  # psnr sum, ssim sum, count
+        if self._rfid is None and self.opts.rfid_features != "none":
+            self._rfid = self._rfid_extractor() or False
         reals, fakes, grid = [], [], None
         bs = self.micro_batch
         for start in range(0, len(mine), bs):
@@ -261,9 +285,10 @@ class TokenizerTrainer(Trainer):
                     hist[p, si] += torch.bincount(codes[p][si].flatten(), minlength=V).float()
             stats += torch.stack([psnr((recon + 1) / 2, (x + 1) / 2).sum(), ssim((recon + 1) / 2, (x + 1) / 2).sum(),
                                   torch.tensor(float(x.shape[0]), device=dev)])
-            if self.rfid_fn is not None:
-                reals.append(x.cpu())
-                fakes.append(recon.cpu())
+            if self._rfid:
+                to_u8 = lambda t: ((t.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # noqa: E731
+                reals.append(self._rfid.features_and_logits(to_u8(x))[0].double().cpu())
+                fakes.append(self._rfid.features_and_logits(to_u8(recon))[0].double().cpu())
             if grid is None and self.info.is_main:
                 grid = (x[:8], [r.float() for r in tok.reconstruct_per_scale(x[:8])])
         all_reduce_(hist)
@@ -275,8 +300,15 @@ class TokenizerTrainer(Trainer):
         for p in range(P):
             for si in range(K):
                 metrics[f"usage_b{p}_s{si}"] = float(used[p, si])
-        if self.rfid_fn is not None:
-            metrics["rfid"] = float(self.rfid_fn(reals, fakes))
+        if self._rfid:
+            from ..distributed import all_gather_object
+            from ..metrics.fid import FeatureStats
+            parts = all_gather_object((torch.cat(reals) if reals else None, torch.cat(fakes) if fakes else None))
+            real = torch.cat([r for r, _ in parts if r is not None])
+            fake = torch.cat([f for _, f in parts if f is not None])
+            space = self._rfid.feature_space
+            metrics["rfid"] = FeatureStats.from_features(real, space).frechet_distance(
+                FeatureStats.from_features(fake, space))
         if grid is not None:
             from ..viz import progression_grid
             self.log.image("val/reconstructions_per_scale", progression_grid(grid[0].cpu(), [g.cpu() for g in grid[1]]),
