@@ -187,3 +187,25 @@ def test_time_budget_stops_the_run(data, tmp_path):
     summary = _trainer(data, tmp_path, max_steps=10_000, time_budget_minutes=0.02).fit()
     assert 1 <= summary["steps"] < 10_000 and summary["seconds"] < 30
     assert "time budget" in (tmp_path / "log.txt").read_text()
+
+
+@pytest.mark.parametrize("codes", [4096, 8192, 16384])
+def test_full_size_recipes_match_the_released_models_and_run_a_step(codes, data, tmp_path):
+    from imagefolder.config import tokenizer_preset
+    recipe = Path(__file__).parents[1] / "configs" / f"tokenizer-{codes}.yaml"
+    opts, model = load_options(TokenizerTrainOptions, TOKENIZER_ACCEPTED_ONLY, recipe, {})
+    assert model == tokenizer_preset(f"imagefolder-{codes}")  # the exact released architecture
+    assert (opts.global_batch_size, opts.disc_type, opts.lr) == (1024, "dinodisc", 3e-5)
+    if codes != 4096:
+        return
+    # the same recipe at a toy size (no downloads): every loss and the dinodisc discriminator run one step
+    small = {"data_path": str(data / "train"), "image_size": 16, "patch_size": 4, "global_batch_size": 4,
+             "vit_kwargs": {"embed_dim": 32, "depth": 1, "num_heads": 2}, "pretrained_backbone": False,
+             "disc_pretrained": False, "perceptual_weights": "random", "disc_start": 0, "mixed_precision": "none",
+             "num_workers": 0, "max_steps": 1, "tensorboard": False, "rfid_features": "none", "val_every": 0}
+    opts, model = load_options(TokenizerTrainOptions, TOKENIZER_ACCEPTED_ONLY, recipe, small)
+    t = TokenizerTrainer(opts, model, tmp_path, CPU, show_progress=False)
+    summary = t.fit()
+    row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert summary["steps"] == 1 and {"perceptual", "gen_adv", "disc", "lecam", "semantic"} <= set(row)
+    assert t.model_config.v_patch_nums == (1, 1, 2, 3, 3, 4, 5, 6, 8, 11) and t.model_config.num_latent_tokens == 121
