@@ -13,8 +13,8 @@ import sys
 from ..config import ConfigError
 from ..official import CheckpointError
 
-SUBCOMMANDS = ("reconstruct", "sample", "convert", "make-dataset", "train-tokenizer", "train-classifier", "evaluate",
-               "probe", "train-generator", "pretokenize")
+SUBCOMMANDS = ("demo", "reconstruct", "sample", "convert", "make-dataset", "train-tokenizer", "train-classifier",
+               "evaluate", "probe", "train-generator", "pretokenize")
 
 
 class UsageError(Exception):

@@ -1,0 +1,193 @@
+"""The evaluation half of the demo: samples of every class, reconstructions of validation images, the numbers.
+
+Everything is judged by the domain classifier (``judge``), trained on the same dataset: its class accuracy on
+generated samples, on reconstructions and on the real validation images (the ceiling of the other two), and FID
+between samples and validation images in its 128-d feature space. The tokenizer is also measured directly: PSNR /
+SSIM of its reconstructions, the share of each finest-scale codebook its validation codes use, and a linear probe
+of each branch's quantized features (the semantically regularised branch should carry more class information).
+
+Generator labels are the dataset's class folders in sorted order (what the trainers and ``ImageFolderDataset``
+use); the judge stores its class names, and they must be the same list.
+
+Glossary: ``N`` images, ``B`` batch, ``K`` classes, ``P`` branches, ``V`` codebook size, ``D`` feature size.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..data.folder import ImageFolderDataset, collate_skip_bad
+from ..data.images import ImageError
+from ..metrics.extractors import DomainExtractor
+from ..models.generator import Generator
+from ..models.tokenizer import Tokenizer
+from . import DemoError, recipes
+
+BATCH = 64
+
+
+@dataclass
+class EvalImages:
+    samples_N3HW: torch.Tensor     # in [0, 1], class by class (``per_class`` each)
+    sample_labels_N: torch.Tensor
+    originals_B3HW: torch.Tensor   # the validation images of the progression, in [0, 1]
+    steps: list[torch.Tensor]      # K reconstructions of them, after 1, 2, ..., K scales, in [0, 1]
+    row_labels: list[str]          # the class name of each progression row
+
+
+def load_split(root: Path, image_size: int, classes: list[str], limit: int | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, 3, H, W) in [-1, 1] and labels (N,) of an ImageFolder split; ``limit`` picks that many spread
+    evenly over the split (which is sorted by class)."""
+    data = ImageFolderDataset(root, image_size, classes=classes)
+    if limit is not None and limit < len(data):
+        data = torch.utils.data.Subset(data, torch.linspace(0, len(data) - 1, limit).round().long().tolist())
+    images, labels = [], []
+    for batch in DataLoader(data, batch_size=256, collate_fn=collate_skip_bad):
+        images.append(batch.images)
+        labels.append(batch.labels)
+    if not images or not sum(len(y) for y in labels):
+        raise ImageError(f"{root}: no readable images")
+    return torch.cat(images), torch.cat(labels)
+
+
+def _uint8(x01_B3HW: torch.Tensor) -> torch.Tensor:
+    return x01_B3HW.clamp(0, 1).mul(255).round().to(torch.uint8)
+
+
+@torch.no_grad()
+def generate_samples(gen: Generator, per_class: int, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``per_class`` samples of every class, in class order; image i is drawn from the stream (seed, i)."""
+    s = recipes.SAMPLING
+    labels_N = torch.arange(gen.num_classes).repeat_interleave(per_class)
+    device = gen.pos_1LC.device
+    out = []
+    with tqdm(total=len(labels_N), desc="sample", unit="img", disable=None if progress else True) as bar:
+        for start in range(0, len(labels_N), BATCH):
+            labels = labels_N[start:start + BATCH]
+            out.append(gen.generate(labels.to(device), cfg=s["cfg"], top_k=s["top_k"], top_p=s["top_p"],
+                                    seed=s["seed"], indices=range(start, start + len(labels))).cpu())
+            bar.update(len(labels))
+    return torch.cat(out), labels_N
+
+
+@torch.no_grad()
+def reconstruct(tok: Tokenizer, x_N3HW: torch.Tensor, progress: bool) -> tuple[torch.Tensor, dict[str, float]]:
+    """Reconstructions (N, 3, H, W) in [0, 1], and PSNR / SSIM (means) and the finest-scale codebook usage
+    (share of each branch's codebook that the codes use, averaged over branches)."""
+    from ..metrics.image_quality import psnr, ssim
+    device = next(tok.parameters()).device
+    c = tok.config
+    hits_PV = torch.zeros(c.product_quant, c.codebook_size, dtype=torch.long)
+    recons, psnrs, ssims = [], [], []
+    with tqdm(total=len(x_N3HW), desc="reconstruct", unit="img", disable=None if progress else True) as bar:
+        for start in range(0, len(x_N3HW), BATCH):
+            x = x_N3HW[start:start + BATCH].to(device)
+            codes = tok.encode(x)
+            recon01 = ((tok.decode(codes).float() + 1) / 2).cpu()
+            x01 = (x.cpu() + 1) / 2
+            for p in range(c.product_quant):
+                hits_PV[p] += torch.bincount(codes[p][-1].flatten().cpu(), minlength=c.codebook_size)
+            recons.append(recon01)
+            psnrs.append(psnr(recon01, x01))
+            ssims.append(ssim(recon01, x01) if min(x01.shape[-2:]) >= 11 else torch.full((len(x01),), math.nan))
+            bar.update(len(x))
+    usage = float((hits_PV > 0).double().mean())
+    return torch.cat(recons), {"psnr": float(torch.cat(psnrs).mean()), "ssim": float(torch.cat(ssims).mean()),
+                               "usage_finest": usage}
+
+
+def _branch_accuracies(probe: dict[str, Any], branches: int) -> tuple[str, float, float]:
+    """(name of the semantic branch, its probe accuracy, mean accuracy of the other branches)."""
+    semantic = probe["semantic"] if str(probe["semantic"]).startswith("branch") else f"branch{branches - 1}"
+    others = [probe[f"branch{p}"] for p in range(branches) if f"branch{p}" != semantic]
+    return semantic, probe[semantic], float(np.mean(others)) if others else math.nan
+
+
+def _judge_metrics(judge: DomainExtractor, samples: tuple[torch.Tensor, torch.Tensor],
+                   val: tuple[torch.Tensor, torch.Tensor], recons_N3HW: torch.Tensor,
+                   notes: list[str]) -> dict[str, float]:
+    """The judge's class accuracy on samples, reconstructions and real images, and FID in its feature space of
+    samples and of reconstructions against the real images. ``samples`` / ``val``: (images in [0, 1], labels)."""
+    from ..metrics.evaluation import class_accuracy
+    from ..metrics.fid import FeatureStats
+
+    def judged(x01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats, logits = zip(*(judge.features_and_logits(_uint8(x01[i:i + BATCH])) for i in range(0, len(x01), BATCH)))
+        return torch.cat(feats).cpu(), torch.cat(logits).cpu()
+
+    def stats(feat_ND: torch.Tensor) -> FeatureStats:
+        return FeatureStats.from_features(feat_ND, judge.feature_space, judge.weights_sha256)
+
+    (f_samples, l_samples), (f_val, l_val), (f_recon, l_recon) = (judged(x) for x in (samples[0], val[0], recons_N3HW))
+    metrics = {"sample_class_accuracy": class_accuracy(l_samples, samples[1].numpy()),
+               "reconstruction_class_accuracy": class_accuracy(l_recon, val[1].numpy()),
+               "val_class_accuracy": class_accuracy(l_val, val[1].numpy())}
+    for key, feats in (("domain_fid", f_samples), ("reconstruction_domain_fid", f_recon)):
+        n = min(len(feats), len(f_val))
+        if n <= feats.shape[1]:
+            notes.append(f"{key}: {n} images for {feats.shape[1]} features, so the covariances are singular; compare "
+                         "it only with FIDs of equal set sizes")
+        try:
+            metrics[key] = stats(feats).frechet_distance(stats(f_val))
+        except ValueError as e:
+            metrics[key] = math.nan
+            notes.append(f"{key}: not computed ({e})")
+    return metrics
+
+
+def _check_classes(gen: Generator, judge: DomainExtractor, judge_dir: Path, data_dir: Path) -> list[str]:
+    folders = sorted(p.name for p in (data_dir / "val").iterdir() if p.is_dir())
+    if folders != judge.class_names:
+        raise DemoError(f"the judge classifier {judge_dir} knows the classes {judge.class_names}, the data {data_dir} "
+                        f"has {folders}: train them on the same dataset")
+    if gen.num_classes != len(folders):
+        raise DemoError(f"the generator has {gen.num_classes} classes, the data {data_dir} {len(folders)}")
+    return folders
+
+
+def evaluate(gen: Generator, judge_dir: Path, data_dir: Path, device: torch.device, progress: bool,
+             notes: list[str]) -> tuple[dict[str, Any], EvalImages]:
+    """All the demo's numbers for ``gen`` (and its tokenizer) on ``data_dir`` (train/ and val/), and the images
+    for the report. Explanations of anything unusual go to ``notes``."""
+    from ..eval.probe import probe_tokenizer
+
+    tok = gen.tokenizer
+    judge = DomainExtractor(judge_dir, device)
+    classes = _check_classes(gen, judge, judge_dir, data_dir)
+    size = tok.config.image_size
+    val_x, val_y = load_split(data_dir / "val", size, classes)
+    train_x, train_y = load_split(data_dir / "train", size, classes, limit=recipes.PROBE_MAX_TRAIN)
+
+    samples, sample_y = generate_samples(gen, recipes.SAMPLING["per_class"], progress)
+    recons, quality = reconstruct(tok, val_x, progress)
+    val01 = (val_x + 1) / 2
+    metrics: dict[str, Any] = _judge_metrics(judge, (samples, sample_y), (val01, val_y), recons, notes)
+    metrics.update(tokenizer_val_psnr=quality["psnr"], tokenizer_val_ssim=quality["ssim"],
+                   codebook_usage_finest=quality["usage_finest"])
+
+    probe = probe_tokenizer(tok, (train_x, train_y), (val_x, val_y), num_classes=len(classes), progress=progress)
+    semantic, sem_acc, detail_acc = _branch_accuracies(probe, tok.num_branches)
+    metrics.update(probe_acc_semantic_branch=sem_acc, probe_acc_detail_branch=detail_acc, probe_semantic=semantic,
+                   probe_train_images=probe["num_train"], probe_val_images=probe["num_val"],
+                   samples=len(samples), val_images=len(val_x), classes=classes)
+
+    rows = _one_per_class(val_y, recipes.RECONSTRUCTION_ROWS)
+    steps = [((s.float() + 1) / 2).cpu() for s in tok.reconstruct_per_scale(val_x[rows].to(device))]
+    return metrics, EvalImages(samples, sample_y, val01[rows], steps, [classes[int(val_y[i])] for i in rows])
+
+
+def _one_per_class(labels_N: torch.Tensor, rows: int) -> list[int]:
+    """Indices of up to ``rows`` images: the first of each class, then the second of each class, ..."""
+    by_class = [torch.nonzero(labels_N == c).flatten().tolist() for c in labels_N.unique().tolist()]
+    picks: list[int] = []
+    for depth in range(max(len(b) for b in by_class)):
+        picks += [b[depth] for b in by_class if depth < len(b)]
+    return picks[:rows]

@@ -1,0 +1,70 @@
+"""The demo's recipes: model sizes and training hyper-parameters, as plain option overrides (the one place to tune).
+
+They live in the package (not in configs/) so ``imagefolder demo`` works from an installed package. Tokenizer and
+generator entries are keys of ``TokenizerTrainOptions`` / ``GeneratorTrainOptions`` and their model configs (the
+YAML keys of ``configs/tiny-tokenizer.yaml`` / ``configs/tiny-generator.yaml``); the classifier entries are
+arguments of ``eval.classifier_training.train_classifier``. The demo fills in the paths, the seed, the device
+and the stopping rule (a time budget, or fixed step counts); ``epochs`` is the most a budgeted run may use.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+# the data: built-in sets, written by imagefolder.data.make_dataset (32 px: the tokenizer's image size)
+DATASET: dict[str, Any] = {"size": 32, "train_per_class": 500, "val_per_class": 50}
+QUICK_DATASET: dict[str, Any] = {"size": 32, "train_per_class": 100, "val_per_class": 20}
+PROBE_TRAIN_PER_CLASS = 50    # training pictures per class the default mode writes for the linear probe
+
+# the judge: its 128-d features are also the tokenizer's frozen semantic teacher (ViT width 128)
+CLASSIFIER: dict[str, Any] = {"preset": "tiny", "epochs": 6, "batch_size": 64, "lr": 2e-3, "weight_decay": 0.05}
+
+TOKENIZER: dict[str, Any] = {
+    "model_preset": "tiny", "pretrained_backbone": False,
+    "patch_size": 4, "num_latent_tokens": 36, "v_patch_nums": [1, 2, 3, 4, 5, 6],
+    "codebook_size": 256, "codebook_embed_dim": 8,
+    "product_quant": 2,                                   # two branches of folded tokens
+    "codebook_drop": 0.1, "start_drop": 2,                # quantizer dropout: 10% of a batch keeps a scale prefix
+    "semantic_guide": "classifier", "half_sem": True,     # the last branch is pulled toward the judge's features
+    "sem_loss_weight": 0.1,
+    "vit_kwargs": {"embed_dim": 128, "depth": 4, "num_heads": 4, "init_values": 0.1},
+    "drop_path_rate": 0.0,
+    "global_batch_size": 32, "epochs": 20, "lr": 1e-3, "lr_scheduler": "cosine", "warmup_epochs": 0.5,
+    "weight_decay": 0.0, "ema": True, "ema_decay": 0.999,
+    "reconstruction_loss": "l1", "perceptual_weight": 0.0, "disc_type": "none",
+    "num_workers": 0, "log_every": 5, "val_every": 500, "ckpt_every": 1000, "val_max_images": 200,
+    "save_best_metric": "psnr", "tensorboard": False,
+}
+
+GENERATOR: dict[str, Any] = {
+    "model_preset": "tiny", "depth": 4, "embed_dim": 256, "num_heads": 4, "drop_path_rate": 0.0,
+    "cond_drop_rate": 0.1,
+    "global_batch_size": 64, "epochs": 40, "lr": 1e-3, "lr_scheduler": "linear", "warmup_epochs": 1.0,
+    "final_lr_ratio": 0.01, "weight_decay": 0.05, "max_grad_norm": 2.0, "label_smoothing": 0.1, "hflip": True,
+    "ema": True, "ema_decay": 0.999,
+    "num_workers": 0, "log_every": 5, "val_every": 1000, "ckpt_every": 1000, "val_max_images": 200,
+    "val_samples": 0, "tensorboard": False,
+}
+
+SAMPLING: dict[str, Any] = {"per_class": 20, "cfg": 2.0, "top_k": 0, "top_p": 0.95, "seed": 0}
+RECONSTRUCTION_ROWS = 10      # validation images in reconstructions.png (spread over the classes)
+PROBE_MAX_TRAIN = 500         # training images the linear probe is fitted on (spread over the set)
+
+# the time budget of --train: shares of the minutes given to each trainer; the rest (making the data,
+# pretokenizing, sampling and evaluating) is what is left. A stage that ends early leaves its time to the next.
+BUDGET_MINUTES = 15.0
+QUICK_BUDGET_MINUTES = 2.0
+BUDGET_SHARES: dict[str, float] = {"classifier": 0.08, "tokenizer": 0.45, "generator": 0.40}
+
+# the fixed step counts that produce the shipped model (README: the exact command)
+SHIP_STEPS: dict[str, int] = {"classifier_epochs": 6, "tokenizer_steps": 3000, "generator_steps": 3000}
+
+# what the shipped model should reach (reported, not asserted)
+TARGETS: dict[str, float] = {"sample_class_accuracy": 0.9, "reconstruction_class_accuracy": 0.95,
+                             "codebook_usage_finest": 0.8}
+
+
+def ship_command() -> str:
+    """The command that trains the shipped demo model and copies it into the package."""
+    s = SHIP_STEPS
+    return (f"imagefolder demo --train --classifier-epochs {s['classifier_epochs']} --tokenizer-steps "
+            f"{s['tokenizer_steps']} --generator-steps {s['generator_steps']} --ship")

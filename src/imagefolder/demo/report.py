@@ -1,0 +1,178 @@
+"""What the demo writes for people: ``metrics.json``, ``report.md`` and the summary table printed at the end.
+
+The report says what was run (command, mode, machine, data), what the models are (the tokenizer's branches,
+quantizer dropout and semantic teacher; the judge; the generator), how long each stage took, every number with a
+one-line explanation, the targets against what was achieved, the pictures, and notes on anything unusual.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checkpoint import atomic_write
+from ..models.generator import Generator
+from . import recipes
+
+# (key, format, one-line meaning) in report order
+METRICS: list[tuple[str, str, str]] = [
+    ("sample_class_accuracy", ".3f", "share of generated samples the judge classifier assigns to the class they were "
+                                     "generated for (does class conditioning work?)"),
+    ("reconstruction_class_accuracy", ".3f", "judge accuracy on tokenizer reconstructions of the validation images "
+                                             "(does the class survive tokenization?)"),
+    ("val_class_accuracy", ".3f", "judge accuracy on the real validation images: the ceiling of the two above"),
+    ("domain_fid", ".2f", "FID between samples and validation images in the judge's feature space (lower is "
+                          "better; 0 = the same statistics)"),
+    ("reconstruction_domain_fid", ".2f", "the same between reconstructions and the validation images"),
+    ("tokenizer_val_psnr", ".2f", "PSNR in dB of the reconstructions against the validation images (higher is "
+                                  "better)"),
+    ("tokenizer_val_ssim", ".3f", "SSIM of the same pairs (1 = identical)"),
+    ("codebook_usage_finest", ".3f", "share of each branch's codebook that the validation images use at the finest "
+                                     "scale (mean over branches; low = collapsed codebook)"),
+    ("probe_acc_semantic_branch", ".3f", "linear-probe class accuracy of the semantically regularised branch's "
+                                         "quantized features"),
+    ("probe_acc_detail_branch", ".3f", "the same for the detail branch (the paper: lower than the semantic one)"),
+    ("wall_time_s", ".1f", "the whole run, in seconds"),
+]
+
+
+def targets(metrics: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(metric, target text, met) for every target of ``recipes.TARGETS`` and the probe ordering."""
+    out = [(key, f">= {goal:g}", bool(metrics[key] >= goal)) for key, goal in recipes.TARGETS.items()]
+    out.append(("probe_acc_semantic_branch", "> detail branch",
+                bool(metrics["probe_acc_semantic_branch"] > metrics["probe_acc_detail_branch"])))
+    return out
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return format(value, spec) if isinstance(value, (int, float)) and math.isfinite(value) else str(value)
+
+
+def summary_table(metrics: dict[str, Any]) -> str:
+    """The plain-text table printed at the end of a run."""
+    goals = {key: (text, "yes" if met else "no") for key, text, met in targets(metrics)}
+    rows = [(key, _fmt(metrics[key], spec), *goals.get(key, ("", ""))) for key, spec, _ in METRICS]
+    widths = [max(len(r[i]) for r in rows + [("metric", "value", "target", "met")]) for i in range(4)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(("metric", "value", "target", "met"), widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=2, allow_nan=True) + "\n"))
+
+
+@dataclass
+class RunInfo:
+    mode: str                                   # "default" or "train"
+    command: str
+    device: str
+    dataset: dict[str, Any]                     # make_dataset's summary of the data the numbers come from
+    judge_dir: Path
+    assets: Path | None = None                  # default mode: where the models came from
+    made_by: str | None = None                  # default mode: the command that trained them (demo.json)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    summaries: dict[str, dict[str, Any]] = field(default_factory=dict)   # train mode: each trainer's summary
+    notes: list[str] = field(default_factory=list)
+    images: dict[str, str] = field(default_factory=dict)                 # title -> file name in OUT
+
+
+def _models(gen: Generator, judge_dir: Path) -> list[str]:
+    t, g = gen.tokenizer.config, gen.config
+    judge = json.loads((judge_dir / "config.json").read_text())
+    jc, jinfo = judge["config"], judge.get("info", {})
+    width = jc["width"] * 2 ** (jc["depth"] - 1)
+    vit = {**t.vit_kwargs}
+    scales = ", ".join(f"{s}x{s}" for s in t.v_patch_nums)
+    if t.semantic_guide == "classifier":
+        teacher = (f"branch {t.product_quant - 1} (the last) is pulled toward the frozen teacher's features by a "
+                   f"contrastive loss (weight {t.sem_loss_weight:g}); the teacher is the judge classifier's "
+                   f"backbone ({width}-d pooled features), so the semantic branch learns the judge's feature space"
+                   if t.half_sem else "a 1x1 mix of all branches is pulled toward the judge classifier's features")
+    elif t.semantic_guide == "dinov2":
+        teacher = "a branch is pulled toward a frozen DINOv2 teacher"
+    else:
+        teacher = "no semantic regularisation"
+    judge_acc = jinfo.get("val_accuracy")
+    return [
+        f"**Tokenizer**: {t.image_size} px images, ViT encoder/decoder (width {vit.get('embed_dim', '?')}, depth "
+        f"{vit.get('depth', '?')}), **{t.product_quant} branches** (product quantization: each latent position "
+        f"gets one code per branch, a 'folded' token) of {t.codebook_size} codes of dimension "
+        f"{t.codebook_embed_dim}, residual over {t.num_scales} scales ({scales}); **quantizer dropout**: "
+        f"{t.codebook_drop:.0%} of each training batch keeps only a random prefix of at least "
+        f"{_count(t.start_drop, 'scale')}; **semantic regularisation**: {teacher}.",
+        f"**Generator**: VAR transformer (depth {g.depth}, width {g.embed_dim}, {g.num_heads} heads) predicting "
+        f"both branches' codes of every position of the next scale at once, class-conditional with label dropout "
+        f"{g.cond_drop_rate:g} for classifier-free guidance; sampled with cfg {recipes.SAMPLING['cfg']:g}, top-k "
+        f"{recipes.SAMPLING['top_k'] or 'off'}, top-p {recipes.SAMPLING['top_p']:g}.",
+        f"**Judge**: a small CNN classifier (width {jc['width']}, {width}-d features) trained on the same training "
+        f"pictures" + (f", validation accuracy {judge_acc:.3f}" if judge_acc is not None else "") + "; it scores "
+        f"samples and reconstructions, and FID is measured in its feature space (`domain:{judge_dir}`).",
+    ]
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _stages(run: RunInfo) -> list[str]:
+    lines = ["| stage | seconds | what |", "| --- | ---: | --- |"]
+    for stage, seconds in run.stage_seconds.items():
+        s = run.summaries.get(stage, {})
+        if stage == "classifier":
+            what = f"{_count(s['epochs'], 'epoch')}, {_count(s['steps'], 'step')}, val accuracy " \
+                   f"{_fmt(s['val_accuracy'], '.3f')}"
+        elif stage in ("tokenizer", "generator"):
+            what = f"{_count(s['steps'], 'step')}, {s['images_per_s']:.1f} images/s"
+        elif stage == "dataset":
+            what = f"{s['train']} train + {s['val']} val pictures"
+        elif stage == "pretokenize":
+            what = f"{s['images']} images x 2 flips"
+        else:
+            what = ""
+        lines.append(f"| {stage} | {seconds:.1f} | {what} |")
+    return lines
+
+
+def write_report(path: Path, run: RunInfo, gen: Generator, metrics: dict[str, Any]) -> None:
+    d = run.dataset
+    source = (f"the shipped demo model in `{run.assets}`" if run.mode == "default"
+              else "models trained from nothing in this run")
+    lines = [
+        f"# imagefolder demo ({'default' if run.mode == 'default' else 'train'} mode)", "",
+        f"ImageFolder tokenizer + VAR generator, {source}, sampled and evaluated on the built-in `{d['dataset']}` "
+        "pictures.", "",
+        f"* **Command**: `{run.command}`",
+        f"* **Machine**: {platform.machine()} {platform.system()}, {os.cpu_count()} CPU cores, "
+        f"{torch.get_num_threads()} torch threads, device `{run.device}`, torch {torch.__version__}",
+        f"* **Data**: `{d['dataset']}` ({d['description']}); {len(d['classes'])} classes ({', '.join(d['classes'])}); "
+        f"{d['size']} px; {d['train']} train + {d['val']} validation pictures, seed {d['seed']}",
+        *([f"* **Models made by**: `{run.made_by}`"] if run.made_by else []),
+        f"* **Wall time**: {metrics['wall_time_s']:.1f} s", "",
+        "## Models", "", *(f"* {line}" for line in _models(gen, run.judge_dir)), "",
+        "## Time", "", *_stages(run), "",
+        "## Numbers", "",
+        f"{metrics['samples']} samples ({recipes.SAMPLING['per_class']} per class), {metrics['val_images']} "
+        f"validation images; linear probes fitted on {metrics['probe_train_images']} training images "
+        f"(semantic branch: `{metrics['probe_semantic']}`).", "",
+        "| metric | value | meaning |", "| --- | ---: | --- |",
+        *(f"| `{key}` | {_fmt(metrics[key], spec)} | {meaning} |" for key, spec, meaning in METRICS), "",
+        "## Targets", "",
+        "Targets are set for the shipped model (made by `" + recipes.ship_command() + "`); a quick or short run "
+        "is not expected to reach them.", "",
+        "| metric | target | achieved | met |", "| --- | --- | ---: | --- |",
+        *(f"| `{key}` | {text} | {_fmt(metrics[key], '.3f')} | {'yes' if met else 'no'} |"
+          for key, text, met in targets(metrics)), "",
+    ]
+    for title, name in run.images.items():
+        lines += [f"## {title}", "", f"![{title}]({name})", ""]
+    if run.notes:
+        lines += ["## Notes", "", *(f"* {n}" for n in run.notes), ""]
+    atomic_write(path, lambda tmp: Path(tmp).write_text("\n".join(lines)))

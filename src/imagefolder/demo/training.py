@@ -1,0 +1,167 @@
+"""The training half of ``imagefolder demo --train``: data, judge classifier, tokenizer, codes cache, generator.
+
+Stages, each in its own folder under OUT:
+
+1. ``data/``: a built-in dataset (``make_dataset``; train = stream 0, val = stream 1 of the seed);
+2. ``classifier/``: the judge (``train_classifier``); its backbone is also the tokenizer's frozen teacher;
+3. ``tokenizer/``: two branches of product-quantized multi-scale codes, quantizer dropout, the last branch
+   regularised toward the judge's features (``TokenizerTrainer``; ``tokenizer/last`` is used);
+4. ``codes.safetensors``: the training set tokenized once, as is and mirrored (``pretokenize``);
+5. ``generator/``: the class-conditional VAR model on those codes (``GeneratorTrainer``; ``generator/last``).
+
+Stopping rule per stage: a fixed count (``--classifier-epochs``, ``--tokenizer-steps``, ``--generator-steps``;
+the lr schedule then spans about that many steps) or a share of the time budget (``StageClock``: each trainer
+gets its share of the time still left, so a stage that ends early leaves its time to the later ones; the
+trainer's lr schedule follows its clock).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import torch
+
+from . import DemoError, recipes
+
+T = TypeVar("T")
+
+MIN_STAGE_SECONDS = 5.0   # a trainer always gets at least this long, even when the budget is spent
+
+
+@dataclass
+class TrainingPlan:
+    dataset: str                          # a key of data.make_dataset.DATASETS
+    data: dict[str, Any]                  # make_dataset's size, train_per_class, val_per_class
+    seed: int
+    budget_minutes: float
+    classifier_epochs: int | None = None  # fixed counts (None: the time budget decides)
+    tokenizer_steps: int | None = None
+    generator_steps: int | None = None
+
+
+@dataclass
+class TrainingResult:
+    data_dir: Path
+    classifier_dir: Path
+    tokenizer_dir: Path
+    generator_dir: Path
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    summaries: dict[str, dict[str, Any]] = field(default_factory=dict)   # per stage, what its trainer returned
+
+
+class StageClock:
+    """Splits a time budget between trainers as they come; ``1 - sum(shares)`` is kept for the other stages."""
+
+    def __init__(self, minutes: float, shares: dict[str, float]):
+        self.total_s = 60 * minutes
+        self.start = time.perf_counter()
+        self.pending = dict(shares)
+        self.reserve = max(0.0, 1.0 - sum(shares.values()))
+
+    def minutes_for(self, stage: str) -> float:
+        share = self.pending.pop(stage)
+        left = self.total_s - (time.perf_counter() - self.start)
+        fraction = share / (share + sum(self.pending.values()) + self.reserve)
+        return max(left * fraction, MIN_STAGE_SECONDS) / 60
+
+
+def _epochs_for(steps: int, images: int, batch: int) -> int:
+    """Epochs whose steps (``images // batch`` each, last partial batch dropped) first reach ``steps``."""
+    per_epoch = images // batch
+    if per_epoch == 0:
+        raise DemoError(f"the training set ({images} images) is smaller than one batch of {batch} images")
+    return max(1, math.ceil(steps / per_epoch))
+
+
+def _stopping(recipe: dict[str, Any], steps: int | None, images: int, clock: StageClock, stage: str) -> dict[str, Any]:
+    """Option overrides that stop a trainer after ``steps`` steps, or else at its share of the time budget."""
+    if steps is not None:
+        return {"max_steps": steps, "epochs": _epochs_for(steps, images, recipe["global_batch_size"]),
+                "time_budget_minutes": None}
+    return {"time_budget_minutes": clock.minutes_for(stage)}
+
+
+def announce(step: int, total: int, text: str) -> None:
+    """The line that opens a stage of the demo."""
+    print(f"[{step}/{total}] {text}", flush=True)
+
+
+def train_all(plan: TrainingPlan, out: Path, device: torch.device, progress: bool) -> TrainingResult:
+    """Run the five training stages into ``out``; returns where the models are, the stage times and summaries."""
+    from ..data.make_dataset import make_dataset
+    from ..distributed import DistInfo
+    from ..eval.classifier_training import train_classifier
+    from ..loading import load_tokenizer
+    from ..train.generator_trainer import GeneratorTrainer
+    from ..train.options import (GENERATOR_ACCEPTED_ONLY, TOKENIZER_ACCEPTED_ONLY, GeneratorTrainOptions,
+                                 TokenizerTrainOptions, load_options)
+    from ..train.pretokenize import pretokenize
+    from ..train.tokenizer_trainer import TokenizerTrainer
+
+    clock = StageClock(plan.budget_minutes, recipes.BUDGET_SHARES)
+    info = DistInfo(0, 1, 0, device)
+    res = TrainingResult(out / "data", out / "classifier", out / "tokenizer", out / "generator")
+    size = plan.data["size"]
+
+    def timed(stage: str, fn: Callable[[], T]) -> T:
+        t0 = time.perf_counter()
+        value = fn()
+        res.stage_seconds[stage] = time.perf_counter() - t0
+        return value
+
+    announce(1, 6, f"dataset: {plan.dataset}, {plan.data['train_per_class']} train + {plan.data['val_per_class']} "
+                   f"val pictures per class, {size} px, seed {plan.seed}")
+    made = timed("dataset", lambda: make_dataset(plan.dataset, res.data_dir, size=size,
+                                                  train_per_class=plan.data["train_per_class"],
+                                                  val_per_class=plan.data["val_per_class"], seed=plan.seed,
+                                                  progress=progress))
+    res.summaries["dataset"] = {k: v for k, v in made.items() if k != "out"}
+    n_train = made["train"]
+
+    c = recipes.CLASSIFIER
+    if plan.classifier_epochs is not None:
+        epochs, budget = plan.classifier_epochs, None
+    else:
+        epochs, budget = c["epochs"], clock.minutes_for("classifier")
+    announce(2, 6, f"judge classifier ({c['preset']}): "
+             + (f"{epochs} epochs" if budget is None else f"up to {epochs} epochs in {budget:.1f} min"))
+    res.summaries["classifier"] = timed("classifier", lambda: train_classifier(
+        res.data_dir, res.classifier_dir, preset=c["preset"], image_size=size, epochs=epochs,
+        batch_size=c["batch_size"], lr=c["lr"], weight_decay=c["weight_decay"], seed=plan.seed, device=device,
+        time_budget_minutes=budget, progress=progress))
+
+    stop = _stopping(recipes.TOKENIZER, plan.tokenizer_steps, n_train, clock, "tokenizer")
+    announce(3, 6, f"tokenizer: {recipes.TOKENIZER['product_quant']}-branch product quantization, quantizer dropout, "
+             "semantic branch taught by the judge; " + _stop_text(stop))
+    values = {**recipes.TOKENIZER, **stop, "image_size": size, "data_path": str(res.data_dir),
+              "val_data_path": str(res.data_dir / "val"), "semantic_teacher": str(res.classifier_dir),
+              "rfid_features": f"domain:{res.classifier_dir}",  # the judge's space (Inception would need a download)
+              "global_seed": plan.seed, "device": device.type, "cloud_save_path": str(res.tokenizer_dir)}
+    opts, model_config = load_options(TokenizerTrainOptions, TOKENIZER_ACCEPTED_ONLY, None, values)
+    res.summaries["tokenizer"] = timed("tokenizer", lambda: TokenizerTrainer(
+        opts, model_config, res.tokenizer_dir, info, show_progress=progress).fit())
+
+    announce(4, 6, "pretokenize: the training set's codes, as is and mirrored")
+    codes = out / "codes.safetensors"
+    tok = load_tokenizer(res.tokenizer_dir / "last")
+    res.summaries["pretokenize"] = timed("pretokenize", lambda: pretokenize(
+        tok, res.data_dir / "train", codes, device=device, show_progress=progress))
+
+    stop = _stopping(recipes.GENERATOR, plan.generator_steps, n_train, clock, "generator")
+    announce(5, 6, "generator: class-conditional VAR over the folded tokens; " + _stop_text(stop))
+    values = {**recipes.GENERATOR, **stop, "data_path": str(res.data_dir), "val_data_path": str(res.data_dir / "val"),
+              "tokenizer": str(res.tokenizer_dir / "last"), "codes_cache": str(codes), "global_seed": plan.seed,
+              "device": device.type, "cloud_save_path": str(res.generator_dir)}
+    opts, model_config = load_options(GeneratorTrainOptions, GENERATOR_ACCEPTED_ONLY, None, values)
+    res.summaries["generator"] = timed("generator", lambda: GeneratorTrainer(
+        opts, model_config, res.generator_dir, info, show_progress=progress).fit())
+    return res
+
+
+def _stop_text(stop: dict[str, Any]) -> str:
+    if stop["time_budget_minutes"] is None:
+        return f"{stop['max_steps']} steps"
+    return f"{stop['time_budget_minutes']:.1f} min"

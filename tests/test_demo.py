@@ -1,0 +1,136 @@
+"""``imagefolder demo``: the train mode end to end (quick, with test-sized recipes and a few steps per stage), shipping
+its models, the default mode on the shipped models, and the one-line errors."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from PIL import Image
+
+from imagefolder.cli import main
+from imagefolder.demo import recipes
+from imagefolder.demo.plots import Curve, curves_figure
+from imagefolder.demo.training import StageClock
+
+REQUIRED = ("sample_class_accuracy", "reconstruction_class_accuracy", "domain_fid", "tokenizer_val_psnr",
+            "codebook_usage_finest", "probe_acc_semantic_branch", "probe_acc_detail_branch", "wall_time_s")
+COMMON_FILES = ("samples.png", "reconstructions.png", "report.md", "metrics.json")
+
+# test-sized recipes: 16 px, one-block models, 13 pictures per class (more samples and val images than the
+# judge's 128 features, so FID is defined)
+TEST_RECIPES = {
+    "DATASET": {"size": 16, "train_per_class": 4, "val_per_class": 13},
+    "QUICK_DATASET": {"size": 16, "train_per_class": 4, "val_per_class": 13},
+    "PROBE_TRAIN_PER_CLASS": 2,
+    "CLASSIFIER": {**recipes.CLASSIFIER, "batch_size": 20},
+    "TOKENIZER": {**recipes.TOKENIZER, "patch_size": 4, "num_latent_tokens": 4, "v_patch_nums": [1, 2],
+                  "codebook_size": 16, "codebook_embed_dim": 4, "start_drop": 1, "global_batch_size": 8,
+                  "vit_kwargs": {"embed_dim": 128, "depth": 1, "num_heads": 2}, "log_every": 1},
+    "GENERATOR": {**recipes.GENERATOR, "depth": 1, "embed_dim": 64, "num_heads": 2, "global_batch_size": 8,
+                  "log_every": 1},
+    "SAMPLING": {**recipes.SAMPLING, "per_class": 13},
+    "RECONSTRUCTION_ROWS": 3,
+}
+STEPS = ["--classifier-epochs", "1", "--tokenizer-steps", "2", "--generator-steps", "2"]
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory):
+    """One quick train-mode run with --ship: (its output folder, the assets folder)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in TEST_RECIPES.items():
+            mp.setattr(recipes, name, value)
+        root = tmp_path_factory.mktemp("demo")
+        out, assets = root / "train", root / "assets"
+        rc = main(["demo", "--train", "--quick", *STEPS, "--ship", "--assets", str(assets), "--out", str(out),
+                   "--device", "cpu", "--no-progress"])
+        yield rc, out, assets, mp
+    torch.set_num_threads(threads)
+
+
+def _finite_metrics(out) -> dict:
+    metrics = json.loads((out / "metrics.json").read_text())
+    missing = [k for k in REQUIRED if k not in metrics]
+    assert not missing
+    assert all(math.isfinite(metrics[k]) for k in REQUIRED), {k: metrics[k] for k in REQUIRED}
+    return metrics
+
+
+def test_train_quick_writes_every_output_and_ships(shipped):
+    rc, out, assets, _ = shipped
+    assert rc == 0
+    for name in (*COMMON_FILES, "loss_curves.png"):
+        assert (out / name).is_file(), name
+    metrics = _finite_metrics(out)
+    assert metrics["mode"] == "train" and metrics["samples"] == 10 * 13 and metrics["val_images"] == 10 * 13
+    assert 0 <= metrics["sample_class_accuracy"] <= 1 and 0 < metrics["codebook_usage_finest"] <= 1
+    assert metrics["probe_semantic"] == "branch1"
+    assert set(metrics["stage_seconds"]) == {"dataset", "classifier", "tokenizer", "pretokenize", "generator",
+                                             "evaluation"}
+    report = (out / "report.md").read_text()
+    for words in ("2 branches", "quantizer dropout", "semantic regularisation", "judge classifier's backbone",
+                  "![Samples", "loss_curves.png", "## Targets", recipes.ship_command()):
+        assert words in report, words
+    with Image.open(out / "samples.png") as img:  # 10 rows of 10 samples, upscaled to 64 px, labels on the left
+        assert img.height == 10 * (64 + 8) + 8 and img.width > 10 * (64 + 8) + 8
+    info = json.loads((assets / "demo.json").read_text())
+    assert info["dataset"]["name"] == "shapes" and info["dataset"]["size"] == 16
+    assert "--tokenizer-steps 2" in info["command"] and set(REQUIRED) <= set(info["metrics"])
+    assert sorted(p.name for p in assets.iterdir()) == ["classifier", "demo.json", "generator"]
+    assert not list(assets.parent.glob("*.ship.*"))
+
+
+def test_default_mode_on_the_shipped_assets(shipped, tmp_path, capsys):
+    _, _, assets, _ = shipped
+    out = tmp_path / "default"
+    capsys.readouterr()
+    assert main(["demo", "--assets", str(assets), "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
+    for name in COMMON_FILES:
+        assert (out / name).is_file(), name
+    assert not (out / "loss_curves.png").exists()
+    metrics = _finite_metrics(out)
+    assert metrics["mode"] == "default" and metrics["dataset"]["size"] == 16
+    stdout = capsys.readouterr().out
+    assert "sample_class_accuracy" in stdout and "report.md" in stdout
+    # a second run replaces the first one's output
+    assert main(["demo", "--assets", str(assets), "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
+
+
+def test_one_line_errors(tmp_path, capsys):
+    rc = main(["demo", "--assets", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "imagefolder demo --train" in err and "no demo model" in err
+    assert not (tmp_path / "o").exists()
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "mine.txt").write_text("keep me")
+    rc = main(["demo", "--train", "--out", str(tmp_path / "busy"), "--tokenizer-steps", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "not from the demo" in err
+    assert (tmp_path / "busy" / "mine.txt").read_text() == "keep me"
+    assert main(["demo", "--ship"]) == 2 and "--ship needs --train" in capsys.readouterr().err
+
+
+def test_stage_clock_hands_unused_time_on():
+    clock = StageClock(10.0, {"a": 0.25, "b": 0.25})  # half the budget is kept for the other stages
+    assert clock.minutes_for("a") == pytest.approx(10 * 0.25, rel=1e-3)
+    assert clock.minutes_for("b") == pytest.approx(10 * (1 / 3), rel=1e-3)  # a's time was not used
+
+
+def test_curves_figure():
+    assert curves_figure([Curve("empty", [])]) is None
+    img = curves_figure([Curve("one point", [(1, 2.0)]), Curve("line", [(1, 3.0), (5, 1.0), (9, 0.5)])])
+    assert img.size == (2 * 300, 170)
+
+
+def test_classifier_time_budget(tmp_path):
+    from imagefolder.data.make_dataset import make_dataset
+    from imagefolder.eval.classifier_training import train_classifier
+    make_dataset("shapes", tmp_path / "data", size=16, train_per_class=4, val_per_class=2)
+    s = train_classifier(tmp_path / "data", tmp_path / "clf", image_size=16, epochs=10_000, batch_size=8,
+                         device="cpu", time_budget_minutes=0.003, progress=False)
+    assert s["stopped_by_budget"] and 1 <= s["epochs"] < 10_000 and s["seconds"] < 10
+    assert len(s["history"]) == s["epochs"] and (tmp_path / "clf" / "model.safetensors").is_file()
