@@ -20,25 +20,26 @@ CLASSIFIER: dict[str, Any] = {"preset": "tiny", "epochs": 6, "batch_size": 64, "
 
 TOKENIZER: dict[str, Any] = {
     "model_preset": "tiny", "pretrained_backbone": False,
-    "patch_size": 4, "num_latent_tokens": 36, "v_patch_nums": [1, 2, 3, 4, 5, 6],
+    "patch_size": 4, "num_latent_tokens": 36, "v_patch_nums": [1, 2, 3, 4, 5, 6],  # 2 x 36 latents, 64 patches
     "codebook_size": 256, "codebook_embed_dim": 8,
     "product_quant": 2,                                   # two branches of folded tokens
     "codebook_drop": 0.1, "start_drop": 2,                # quantizer dropout: 10% of a batch keeps a scale prefix
     "semantic_guide": "classifier", "half_sem": True,     # the last branch is pulled toward the judge's features
     "sem_loss_weight": 0.1,
-    "vit_kwargs": {"embed_dim": 128, "depth": 4, "num_heads": 4, "init_values": 0.1},
+    # depth 2 learns as fast per step as depth 4 from scratch here and is 1.7x cheaper; LayerScale starts at 1
+    "vit_kwargs": {"embed_dim": 128, "depth": 2, "num_heads": 4, "init_values": 1.0},
     "drop_path_rate": 0.0,
-    "global_batch_size": 32, "epochs": 20, "lr": 1e-3, "lr_scheduler": "cosine", "warmup_epochs": 0.5,
+    "global_batch_size": 16, "epochs": 30, "lr": 2e-3, "lr_scheduler": "cosine", "warmup_steps": 100,
     "weight_decay": 0.0, "ema": True, "ema_decay": 0.999,
-    "reconstruction_loss": "l1", "perceptual_weight": 0.0, "disc_type": "none",
-    "num_workers": 0, "log_every": 5, "val_every": 500, "ckpt_every": 1000, "val_max_images": 200,
+    "reconstruction_loss": "l2", "perceptual_weight": 0.0, "disc_type": "none",
+    "num_workers": 0, "log_every": 10, "val_every": 1000, "ckpt_every": 1000, "val_max_images": 200,
     "save_best_metric": "psnr", "tensorboard": False,
 }
 
 GENERATOR: dict[str, Any] = {
-    "model_preset": "tiny", "depth": 4, "embed_dim": 256, "num_heads": 4, "drop_path_rate": 0.0,
+    "model_preset": "tiny", "depth": 4, "embed_dim": 192, "num_heads": 4, "drop_path_rate": 0.0,
     "cond_drop_rate": 0.1,
-    "global_batch_size": 64, "epochs": 40, "lr": 1e-3, "lr_scheduler": "linear", "warmup_epochs": 1.0,
+    "global_batch_size": 32, "epochs": 40, "lr": 1e-3, "lr_scheduler": "linear", "warmup_epochs": 1.0,
     "final_lr_ratio": 0.01, "weight_decay": 0.05, "max_grad_norm": 2.0, "label_smoothing": 0.1, "hflip": True,
     "ema": True, "ema_decay": 0.999,
     "num_workers": 0, "log_every": 5, "val_every": 1000, "ckpt_every": 1000, "val_max_images": 200,
@@ -56,7 +57,7 @@ QUICK_BUDGET_MINUTES = 2.0
 BUDGET_SHARES: dict[str, float] = {"classifier": 0.08, "tokenizer": 0.45, "generator": 0.40}
 
 # the fixed step counts that produce the shipped model (README: the exact command)
-SHIP_STEPS: dict[str, int] = {"classifier_epochs": 6, "tokenizer_steps": 3000, "generator_steps": 3000}
+SHIP_STEPS: dict[str, int] = {"classifier_epochs": 6, "tokenizer_steps": 7000, "generator_steps": 2500}
 
 # what the shipped model should reach (reported, not asserted)
 TARGETS: dict[str, float] = {"sample_class_accuracy": 0.9, "reconstruction_class_accuracy": 0.95,
