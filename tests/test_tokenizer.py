@@ -172,3 +172,16 @@ def test_low_precision_context_equals_autocast(tiny_tokenizer, x):
     with pytest.raises(ValueError, match="dtype"):
         with tiny_tokenizer.precision(torch.int8):
             pass
+
+
+def test_random_init_vits_start_from_smooth_sincos_positions():
+    from imagefolder.models.vit import create_vit, sincos_2d
+    vit = create_vit("vit_small_patch14_dinov2.lvd142m", image_size=32, patch_size=4, drop_path_rate=0.0,
+                     vit_kwargs={"embed_dim": 32, "depth": 1, "num_heads": 2})
+    pe = vit.pos_embed[0]
+    assert torch.equal(pe[0], torch.zeros(32)) and torch.allclose(pe[1:], sincos_2d(32, 8))
+    # neighbouring positions are more alike than distant ones (what resampling to latent grids relies on)
+    grid = pe[1:].view(8, 8, 32)
+    near = torch.cosine_similarity(grid[3, 3], grid[3, 4], dim=0)
+    far = torch.cosine_similarity(grid[3, 3], grid[7, 0], dim=0)
+    assert near > far + 0.2
