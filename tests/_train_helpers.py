@@ -17,6 +17,13 @@ TINY_TOKENIZER = {
 }
 
 
+def make_shapes(root: Path, per_class: int = 2, size: int = 16) -> Path:
+    """The built-in shapes set (10 classes) at a tiny size: root/train and root/val."""
+    from imagefolder.data.make_dataset import make_dataset
+    make_dataset("shapes", root, size=size, train_per_class=per_class, val_per_class=1, seed=0)
+    return root
+
+
 def make_image_folder(root: Path, classes: int = 2, per_class: int = 6, size: int = 16, seed: int = 0) -> Path:
     """``root/CLASS/i.png``: class c is a blob of colour c on noise, so the classes differ."""
     rng = np.random.default_rng(seed)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import yaml
 
 import imagefolder as imf
+from conftest import parse_keys
 from imagefolder.cli import main
 from imagefolder.data.builtin import write_builtin_images
 from imagefolder.data.folder import collate_skip_bad
@@ -138,3 +139,18 @@ def test_loss_layout_and_label_smoothing(env, tmp_path):
         assert id(named["blocks.0.attn.scale_mul_1H11"]) in no_decay and id(named["class_emb.weight"]) in no_decay
         assert id(named["blocks.0.attn.mat_qkv.weight"]) not in no_decay
         assert not [n for n in named if n.startswith("tokenizer.") and named[n].requires_grad]
+
+
+@pytest.mark.parametrize("depth", [16, 17])
+def test_full_size_recipes_build_the_released_architecture(depth):
+    """The d16/d17 recipes with the released tokenizer give exactly the official VAR layout (built on meta)."""
+    import imagefolder as imf
+    from imagefolder.official import to_official_state_dict
+    from imagefolder.train.options import GENERATOR_ACCEPTED_ONLY, GeneratorTrainOptions, load_options
+    recipe = Path(__file__).parents[1] / "configs" / f"generator-d{depth}.yaml"
+    opts, model = load_options(GeneratorTrainOptions, GENERATOR_ACCEPTED_ONLY, recipe, {"tokenizer": "imagefolder-4096"})
+    assert model == imf.generator_preset(f"d{depth}")
+    assert opts.lr == pytest.approx(8e-5 * 768 / 256)  # the VAR rule: tblr * batch / 256
+    with torch.device("meta"):
+        gen = imf.Generator(model)
+    assert set(to_official_state_dict(gen)) == set(parse_keys(f"var_d{depth}_keys.txt"))

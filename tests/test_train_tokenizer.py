@@ -18,7 +18,7 @@ from imagefolder.train.options import TOKENIZER_ACCEPTED_ONLY, TokenizerTrainOpt
 from imagefolder.train.state import Checkpoints, load_train_state
 from imagefolder.train.tokenizer_trainer import TokenizerTrainer
 
-from _train_helpers import TINY_TOKENIZER, make_image_folder, yaml_text
+from _train_helpers import TINY_TOKENIZER, make_image_folder, make_shapes, yaml_text
 
 REF = Path(__file__).parent / "data"
 CPU = DistInfo(0, 1, 0, torch.device("cpu"))
@@ -58,7 +58,8 @@ def test_cli_trains_and_writes_a_loadable_model(data, tmp_path):
     assert [r for r in rows if r["split"] == "train"][0]["lr"] == pytest.approx(1e-3)  # warm-up step 1 of 2
 
 
-def test_losses_fall(data, tmp_path):
+def test_losses_fall_on_the_built_in_shapes(tmp_path):
+    data = make_shapes(tmp_path / "shapes")
     summary = _trainer(data, tmp_path, max_steps=40).fit()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     first = sum(r["rec"] for r in rows[:5]) / 5
