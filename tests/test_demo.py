@@ -134,3 +134,15 @@ def test_classifier_time_budget(tmp_path):
                          device="cpu", time_budget_minutes=0.003, progress=False)
     assert s["stopped_by_budget"] and 1 <= s["epochs"] < 10_000 and s["seconds"] < 10
     assert len(s["history"]) == s["epochs"] and (tmp_path / "clf" / "model.safetensors").is_file()
+
+
+def test_the_packaged_demo_model_runs(tmp_path):
+    """`imagefolder demo` exactly as a newcomer runs it: the model shipped inside the package, default mode."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
+    for name in COMMON_FILES:
+        assert (out / name).is_file(), name
+    metrics = _finite_metrics(out)
+    assert metrics["dataset"]["size"] == 32 and metrics["val_class_accuracy"] > 0.9  # the shipped judge works
+    assert metrics["codebook_usage_finest"] > 0.8
+    assert metrics["probe_acc_semantic_branch"] > metrics["probe_acc_detail_branch"]
