@@ -17,6 +17,15 @@ SUBCOMMANDS = ("demo", "reconstruct", "sample", "convert", "make-dataset", "trai
                "evaluate", "probe", "train-generator", "pretokenize")
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults after the options that have one (not flags or unset options); the description keeps its lines."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 class UsageError(Exception):
     """The command line asks for something impossible; the message says what to change."""
 

@@ -38,21 +38,12 @@ from ..metrics.evaluation import Extracted, extract, space_metrics
 from ..metrics.fid import FeatureStats, StatsFileError, is_stats_file, load_stats, save_stats
 from ..metrics.imagesets import ImageSet, npz_keys, open_images, pair_by_name
 from ..metrics.inception import InceptionUnavailable
-from . import UsageError
-
-
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Defaults after the options that have one (not flags or unset options); the description keeps its lines."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None or action.default is False:
-            return action.help or ""
-        return super()._get_help_string(action)
+from . import HelpFormatter, UsageError
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="FID / IS / precision-recall / class accuracy; PSNR / SSIM / rFID",
-                       description=__doc__.replace("``", ""), formatter_class=_HelpFormatter)
+                       description=__doc__.replace("``", ""), formatter_class=HelpFormatter)
     p.add_argument("samples", metavar="SAMPLES", help="folder or .npz (arr_0: uint8 NHWC) of generated images or, "
                                                       "with --recon-of, reconstructions")
     p.add_argument("--ref", metavar="REF",

@@ -9,30 +9,20 @@ are skipped and listed. --out writes the numbers as JSON.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
 from torch.utils.data import DataLoader
 
-from . import UsageError
-
-
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Defaults after the options that have one (not flags or unset options); the description keeps its lines."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None or action.default is False:
-            return action.help or ""
-        return super()._get_help_string(action)
+from . import HelpFormatter, UsageError
 
 
 def add_parser(sub) -> None:
     from ..eval.probe import POOLS
     p = sub.add_parser(
         "probe", help="linear probing of a tokenizer's quantized features per branch (top-1 accuracy)",
-        description=__doc__.replace("``", ""), formatter_class=_HelpFormatter)
+        description=__doc__.replace("``", ""), formatter_class=HelpFormatter)
     p.add_argument("--tokenizer", required=True, metavar="SPEC",
                    help="official tokenizer or VAR .pt file, one of our checkpoint directories, or a preset name "
                         "(tiny, small, imagefolder-4096, ...; presets have random weights)")

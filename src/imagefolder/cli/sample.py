@@ -16,7 +16,6 @@ one process.
 """
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -25,25 +24,16 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from . import UsageError
+from . import HelpFormatter, UsageError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 GRID_MAX = 64
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Defaults after the options that have one (not flags or unset options); the description keeps its lines."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None or action.default is False:
-            return action.help or ""
-        return super()._get_help_string(action)
-
-
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "sample", help="class-conditional samples from a generator: PNGs, a grid, optional .npz",
-        description=__doc__.replace("``", ""), formatter_class=_HelpFormatter)
+        description=__doc__.replace("``", ""), formatter_class=HelpFormatter)
     p.add_argument("--generator", required=True, metavar="CKPT",
                    help="official VAR .pt file, one of our generator directories, or a preset name (d16, tiny, "
                         "...; presets have random weights, initialised from --seed)")

@@ -10,25 +10,15 @@ imagefolder.eval.classifier_training.train_classifier.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 from ..models.classifier import CLASSIFIER_PRESETS
-from . import UsageError
-
-
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Defaults after the options that have one (not flags or unset options); the description keeps its lines."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None or action.default is False:
-            return action.help or ""
-        return super()._get_help_string(action)
+from . import HelpFormatter, UsageError
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("train-classifier", help="train the small domain classifier used by 'evaluate --classifier'",
-                       description=__doc__.replace("``", ""), formatter_class=_HelpFormatter)
+                       description=__doc__.replace("``", ""), formatter_class=HelpFormatter)
     p.add_argument("--data", required=True, metavar="DIR",
                    help="dataset folder with train/CLASS/*.png (and val/CLASS/*.png for the reported accuracy)")
     p.add_argument("--out", required=True, metavar="DIR", help="checkpoint folder (created if missing)")

@@ -10,6 +10,7 @@ Glossary: ``B`` micro-batch per process, ``W`` world size (processes).
 """
 from __future__ import annotations
 
+import abc
 import contextlib
 import dataclasses
 import math
@@ -73,7 +74,7 @@ def broadcast_buffers_(module: nn.Module) -> None:
             dist.broadcast(b, 0)
 
 
-class Trainer:
+class Trainer(abc.ABC):
     """Subclasses set ``kind`` and implement ``build``, ``train_step``, ``validate``, ``export`` and
     ``model_states`` / ``load_model_states``."""
 
@@ -103,26 +104,32 @@ class Trainer:
         self.scalers: dict[str, torch.amp.GradScaler] = {}
 
     # hooks -------------------------------------------------------------------------------------------------------
+    @abc.abstractmethod
     def build(self) -> None:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def train_dataset(self) -> Dataset:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def train_step(self, micro: list[Batch]) -> dict[str, float]:
-        raise NotImplementedError
+        ...
 
     def validate(self) -> dict[str, float]:
         return {}
 
+    @abc.abstractmethod
     def export(self, out_dir: Path) -> None:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def model_states(self) -> dict[str, Any]:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def load_model_states(self, states: dict[str, Any]) -> None:
-        raise NotImplementedError
+        ...
 
     # helpers for subclasses --------------------------------------------------------------------------------------
     def run_config(self) -> dict[str, Any]:
