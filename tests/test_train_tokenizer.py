@@ -182,6 +182,10 @@ def test_classifier_teacher_regularises_a_branch(data, tmp_path):
     tok = load_tokenizer(tmp_path / "run" / "last")
     assert tok.config.teacher["width"] == 8
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in tok.semantic_model.state_dict().items())
+    # fine-tuning that model (vq_ckpt) needs no teacher path: the teacher comes with the weights
+    t2 = _trainer(data, tmp_path / "tune", max_steps=1, semantic_guide="classifier", vq_ckpt=str(tmp_path / "run" / "last"))
+    t2.fit()
+    assert t2.model_config.teacher == tok.config.teacher
 
 
 def test_time_budget_stops_the_run(data, tmp_path):

@@ -89,7 +89,14 @@ class TokenizerTrainer(Trainer):
 
     def build(self) -> None:
         o, dev = self.opts, self.device
-        teacher = self._teacher() if self.model_config.semantic_guide == "classifier" and not o.vq_ckpt else None
+        teacher = None
+        if self.model_config.semantic_guide == "classifier":
+            if o.semantic_teacher:
+                teacher = self._teacher()
+            elif o.vq_ckpt and not self.model_config.teacher:  # fine-tuning: the teacher comes with the weights
+                from ..loading import _tokenizer_config
+                self.model_config = dataclasses.replace(self.model_config,
+                                                        teacher=_tokenizer_config(o.vq_ckpt).teacher)
         tok = Tokenizer(self.model_config, pretrained_backbone=parse_pretrained(o.pretrained_backbone))
         if teacher is not None:
             tok.semantic_model.load_state_dict(teacher.state_dict(), strict=True)
