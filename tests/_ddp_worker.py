@@ -2,7 +2,6 @@
 import sys
 from pathlib import Path
 
-import torch
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -18,7 +17,7 @@ opts, model = load_options(TokenizerTrainOptions, TOKENIZER_ACCEPTED_ONLY, None,
     **TINY_TOKENIZER, "data_path": str(data), "max_steps": 3, "semantic_guide": "dinov2",
     "disc_type": "patchgan", "disc_num_layers": 1, "disc_dim": 8, "disc_start": 1, "lecam_loss_weight": 0.01})
 trainer = TokenizerTrainer(opts, model, out, info, show_progress=False)
-summary = trainer.fit()
+trainer.fit()
 state = {f"tok.{k}": v.contiguous() for k, v in trainer.tok.state_dict().items()}
 state.update({f"disc.{k}": v.contiguous() for k, v in trainer.disc.state_dict().items()})
 state.update({f"ema.{k}": v.contiguous() for k, v in trainer.ema.shadow.items()})

@@ -238,14 +238,15 @@ class Trainer(abc.ABC):
             self.micro_in_epoch = 0
 
     def _save(self) -> None:
-        bad = _nonfinite_keys(self.model_states())
+        models = self.model_states()
+        bad = _nonfinite_keys(models)
         if bad:
             raise TrainingError(f"refusing to write a checkpoint at step {self.step}: non-finite values in "
                                 f"{', '.join(bad[:3])}; resume from the last good checkpoint with a lower lr")
         state = {"format": TRAIN_FORMAT, "kind": self.kind, "step": self.step, "epoch": self.epoch,
                  "micro_in_epoch": self.micro_in_epoch, "nonfinite_total": self.nonfinite_total,
                  "best_value": self.best_value, "bad_files": self.bad_files[-1000:],
-                 "models": self.model_states(), "rng": all_gather_object(rng_state()),  # one per process
+                 "models": models, "rng": all_gather_object(rng_state()),  # one per process
                  "scalers": {k: s.state_dict() for k, s in self.scalers.items()}, **self.run_config()}
         if self.info.is_main:
             self.ckpts.save(self.step, state)

@@ -60,6 +60,12 @@ class TokenizerTrainer(Trainer):
         return self.train_set
 
     def _val_dataset(self) -> ImageFolderDataset | None:
+        """The validation set, scanned at the first validation and kept (None when there is none)."""
+        if not hasattr(self, "_val"):
+            self._val = self._find_val_dataset()
+        return self._val
+
+    def _find_val_dataset(self) -> ImageFolderDataset | None:
         root = self.opts.val_data_path
         if root is None:
             candidate = Path(self.opts.data_path) / "val"
@@ -69,13 +75,6 @@ class TokenizerTrainer(Trainer):
         return ImageFolderDataset(root, self.model_config.image_size, classes=self.train_set.classes)
 
     # model -----------------------------------------------------------------------------------------------------------
-    def _new_tokenizer(self, pretrained: bool | str = False) -> Tokenizer:
-        o = self.opts
-        tok = Tokenizer(self.model_config, pretrained_backbone=pretrained)
-        apply_tuning(tok.encoder.model, o.enc_tuning_method, r=o.lora_r, alpha=o.lora_alpha, dropout=o.lora_dropout)
-        apply_tuning(tok.decoder.model, o.dec_tuning_method, r=o.lora_r, alpha=o.lora_alpha, dropout=o.lora_dropout)
-        return tok
-
     def _teacher(self):
         """The classifier teacher named by semantic_teacher (its config goes into the tokenizer config)."""
         from ..models.classifier import load_classifier
