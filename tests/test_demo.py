@@ -69,10 +69,20 @@ def test_train_quick_writes_every_output_and_ships(shipped):
     assert metrics["mode"] == "train" and metrics["samples"] == 10 * 13 and metrics["val_images"] == 10 * 13
     assert 0 <= metrics["sample_class_accuracy"] <= 1 and 0 < metrics["codebook_usage_finest"] <= 1
     assert metrics["probe_semantic"] == "branch1"
-    assert set(metrics["stage_seconds"]) == {"dataset", "classifier", "tokenizer", "pretokenize", "generator",
-                                             "evaluation"}
+    assert set(metrics["stage_seconds"]) == {"dataset", "classifier", "teacher", "tokenizer", "pretokenize",
+                                             "generator", "evaluation"}
+    # the judge only scores: the tokenizer's semantic teacher (and perceptual network) is the other classifier
+    from imagefolder.loading import load_tokenizer
+    from imagefolder.models.classifier import load_classifier
+    teacher = load_classifier(out / "teacher")[0].state_dict()
+    judge = load_classifier(out / "classifier")[0].state_dict()
+    semantic = load_tokenizer(out / "tokenizer" / "last").semantic_model.state_dict()
+    assert all(torch.equal(v, teacher[k]) for k, v in semantic.items())
+    assert not torch.equal(semantic["body.0.0.weight"], judge["body.0.0.weight"])
+    rows = [json.loads(line) for line in (out / "tokenizer" / "metrics.jsonl").read_text().splitlines()]
+    assert any(r.get("perceptual", 0) > 0 for r in rows)
     report = (out / "report.md").read_text()
-    for words in ("2 branches", "quantizer dropout", "semantic regularisation", "judge classifier's backbone",
+    for words in ("2 branches", "quantizer dropout", "semantic regularisation", "the judge takes no part in training",
                   "![Samples", "loss_curves.png", "## Targets", recipes.ship_command()):
         assert words in report, words
     with Image.open(out / "samples.png") as img:  # 10 rows of 10 samples, upscaled to 64 px, labels on the left

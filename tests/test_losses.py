@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from imagefolder.losses import (LeCam, PerceptualLoss, adaptive_weight, adopt_weight, build_discriminator, d_loss,
-                                diff_augment, g_loss)
+from imagefolder.losses import (ClassifierPerceptualLoss, LeCam, PerceptualLoss, adaptive_weight, adopt_weight,
+                                build_discriminator, build_perceptual, d_loss, diff_augment, g_loss)
 from imagefolder.losses.discriminators import default_block_ids, minibatch_stddev
 
 TINY_VIT = {"embed_dim": 32, "depth": 4, "num_heads": 2}
@@ -235,3 +235,55 @@ def test_perceptual_missing_file_names_the_option(tmp_path):
     message = str(err.value)
     assert "non-zero" in message and "--perceptual-weights PATH" in message and "perceptual_weights" in message
     assert "vgg16-397923af.pth" in message
+
+
+# ---- perceptual loss in a domain classifier's feature maps -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def classifier_dir(tmp_path_factory):
+    from imagefolder.models.classifier import DomainClassifier, classifier_preset, save_classifier
+    torch.manual_seed(0)
+    model = DomainClassifier(classifier_preset("tiny", width=8, num_classes=3))
+    for m in model.modules():  # running statistics away from (0, 1), so eval mode is visible in the values
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    out = tmp_path_factory.mktemp("clf") / "clf"
+    save_classifier(model.eval(), ["a", "b", "c"], out)
+    return out, model
+
+
+def test_classifier_perceptual_distance(classifier_dir):
+    path, model = classifier_dir
+    loss = build_perceptual(f"classifier:{path}")
+    assert isinstance(loss, ClassifierPerceptualLoss)
+    x, y = images(seed=0), images(seed=1)
+    assert loss(x, x).item() == pytest.approx(0.0, abs=1e-7)
+    assert loss(x, y).item() > 0 and loss(x, y).item() == pytest.approx(loss(y, x).item(), rel=1e-6)
+    # the definition: unit-normalised stage outputs (stem + each stage), squared difference summed over channels,
+    # averaged over positions, summed over taps; the classifier in eval mode
+    expected, hx, hy = 0.0, x, y
+    for i, layer in enumerate(model.body):
+        hx, hy = layer(hx), layer(hy)
+        if i == 0 or i % 2 == 0:
+            d = F.normalize(hx, dim=1, eps=1e-10) - F.normalize(hy, dim=1, eps=1e-10)
+            expected += d.square().sum(dim=1).mean().item()
+    assert loss(x, y).item() == pytest.approx(expected, rel=1e-5)
+    # frozen, stays in eval mode, gradients reach the input only
+    loss.train()
+    assert not any(m.training for m in loss.modules()) and not any(p.requires_grad for p in loss.parameters())
+    x.requires_grad_(True)
+    loss(x, y).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    # other image sizes are resized to the classifier's
+    big = F.interpolate(images(seed=2), size=64, mode="nearest")
+    assert loss(big, big).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_build_perceptual_names():
+    with pytest.raises(ValueError, match="lpips or classifier:DIR"):
+        build_perceptual("vgg")
+    with pytest.raises(ValueError, match="lpips or classifier:DIR"):
+        build_perceptual("classifier:")
+    with pytest.raises(FileNotFoundError, match="no such classifier"):
+        build_perceptual("classifier:/no/such/dir")

@@ -154,6 +154,8 @@ def test_official_config_is_accepted_and_unknown_keys_are_named():
         load_options(TokenizerTrainOptions, TOKENIZER_ACCEPTED_ONLY, None, {"enc_type": "cnn"})
     with pytest.raises(ConfigError, match="disc_type"):
         load_options(TokenizerTrainOptions, TOKENIZER_ACCEPTED_ONLY, None, {"disc_type": "unet"})
+    with pytest.raises(ConfigError, match="perceptual_net must be lpips or classifier:DIR"):
+        load_options(TokenizerTrainOptions, TOKENIZER_ACCEPTED_ONLY, None, {"perceptual_net": "vgg"})
     assert parse_overrides(["--global-batch-size", "8", "--ema=false", "--v-patch-nums", "[1, 2]"]) == \
         {"global_batch_size": 8, "ema": False, "v_patch_nums": [1, 2]}
 
@@ -174,11 +176,13 @@ def test_classifier_teacher_regularises_a_branch(data, tmp_path):
     save_classifier(teacher, ["class0", "class1"], tmp_path / "teacher")
     t = _trainer(data, tmp_path / "run", max_steps=3, semantic_guide="classifier",
                  semantic_teacher=str(tmp_path / "teacher"), half_sem=True, val_data_path=str(data / "val"),
-                 val_every=3, rfid_features=f"domain:{tmp_path / 'teacher'}")
+                 val_every=3, rfid_features=f"domain:{tmp_path / 'teacher'}", perceptual_weight=0.1,
+                 perceptual_net=f"classifier:{tmp_path / 'teacher'}", log_every=1)
     summary = t.fit()
     assert summary["last_val"]["rfid"] >= 0  # in the teacher's feature space
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert all(r["semantic"] > 0 for r in rows if r["split"] == "train")
+    train_rows = [r for r in rows if r["split"] == "train"]
+    assert len(train_rows) == 3 and all(r["semantic"] > 0 and r["perceptual"] > 0 for r in train_rows)
     tok = load_tokenizer(tmp_path / "run" / "last")
     assert tok.config.teacher["width"] == 8
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in tok.semantic_model.state_dict().items())

@@ -5,9 +5,10 @@ built-in shapes pictures) and its judge classifier. It writes a fresh validation
 reconstructs validation images scale by scale, evaluates and writes the report.
 
 --train: the whole pipeline from nothing on this machine within --budget-minutes (default 15; --quick: a smaller
-dataset and 2 minutes): make the dataset, train the judge classifier, the tokenizer (two product-quantized
-branches, quantizer dropout, the last branch taught by the frozen judge as semantic teacher), tokenize the
-training set once, train the generator; then the same sampling and evaluation. Each trainer gets its share of the
+dataset and 2 minutes): make the dataset, train the judge classifier (it only scores) and a teacher classifier
+(another seed), the tokenizer (two product-quantized branches, quantizer dropout, the last branch taught by the
+frozen teacher, a perceptual loss in the teacher's feature maps), tokenize the training set once, train the
+generator; then the same sampling and evaluation. Each trainer gets its share of the
 time still left (the shares are below; the rest is for data, codes and evaluation), or a fixed count with
 --classifier-epochs / --tokenizer-steps / --generator-steps. --ship copies the trained generator
 (with its tokenizer) and classifier into --assets, replacing the shipped demo model.

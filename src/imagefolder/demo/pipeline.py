@@ -26,7 +26,7 @@ from . import DemoError, recipes
 from .assets import DEFAULT_ASSETS, INFO, read_assets, ship
 from .evaluation import EvalImages, evaluate
 from .report import METRICS, RunInfo, summary_table, write_metrics, write_report
-from .training import TrainingPlan, announce, train_all
+from .training import STAGES, TrainingPlan, announce, train_all
 
 MARKER = ".imagefolder-demo"
 
@@ -82,7 +82,8 @@ def _curves(out: Path, summaries: dict[str, dict[str, Any]]) -> Image.Image | No
     tok, gen = out / "tokenizer" / "metrics.jsonl", out / "generator" / "metrics.jsonl"
     return curves_figure([
         Curve("judge classifier: cross-entropy", [(h["epoch"], h["loss"]) for h in history], unit="epoch"),
-        read_curve(tok, "rec", "tokenizer: reconstruction L1"),
+        read_curve(tok, "rec", f"tokenizer: reconstruction ({recipes.TOKENIZER['reconstruction_loss'].upper()})"),
+        read_curve(tok, "perceptual", "tokenizer: perceptual (teacher's feature maps)"),
         read_curve(tok, "vq", "tokenizer: codebook + commitment"),
         read_curve(tok, "semantic", "tokenizer: semantic (contrastive)"),
         read_curve(gen, "loss", "generator: cross-entropy"),
@@ -174,14 +175,15 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
         if not shipped:
             notes.append(f"{s.assets} has no {INFO}: the models are taken to be trained on {dataset}")
 
-    total = 6 if s.train else 2
+    total = STAGES if s.train else 2
     announce(total, total, "evaluation: samples of every class, reconstructions, judge, linear probes")
     t0 = time.perf_counter()
     gen = load_generator(models.generator_dir).to(device)
     metrics, images = evaluate(gen, models.judge_dir, models.data_dir, device, s.progress, notes)
     written = _pictures(out, gen, images, metrics["classes"], s.train, models.summaries)
     models.stage_seconds["evaluation"] = time.perf_counter() - t0
-    if _teacher_is_judge(gen, models.judge_dir):
+    teacher_is_judge = _teacher_is_judge(gen, models.judge_dir)
+    if teacher_is_judge:
         notes.append("The judge is also the tokenizer's semantic teacher, so the reconstruction class accuracy and "
                      "the semantic probe are measured in the feature space the tokenizer was taught; the detail "
                      "branch's probe and PSNR are the independent checks.")
@@ -191,7 +193,7 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
                    stage_seconds=models.stage_seconds)
     run = RunInfo(mode, s.command, str(device), models.summaries["dataset"], models.judge_dir,
                   None if s.train else s.assets, shipped.get("command"), models.stage_seconds, models.summaries,
-                  notes, written)
+                  notes, written, teacher_is_judge)
     write_report(out / "report.md", run, gen, metrics)
     write_metrics(out / "metrics.json", metrics)
     if s.ship:

@@ -15,8 +15,11 @@ DATASET: dict[str, Any] = {"size": 32, "train_per_class": 500, "val_per_class": 
 QUICK_DATASET: dict[str, Any] = {"size": 32, "train_per_class": 100, "val_per_class": 20}
 PROBE_TRAIN_PER_CLASS = 50    # training pictures per class the default mode writes for the linear probe
 
-# the judge: its 128-d features are also the tokenizer's frozen semantic teacher (ViT width 128)
+# the judge scores samples and reconstructions and takes no part in training. The teacher is a second classifier
+# of the same recipe trained with seed + TEACHER_SEED_OFFSET: its 128-d features are the tokenizer's frozen
+# semantic teacher (ViT width 128) and its feature maps the tokenizer's perceptual loss.
 CLASSIFIER: dict[str, Any] = {"preset": "tiny", "epochs": 6, "batch_size": 64, "lr": 2e-3, "weight_decay": 0.05}
+TEACHER_SEED_OFFSET = 1
 
 TOKENIZER: dict[str, Any] = {
     "model_preset": "tiny", "pretrained_backbone": False,
@@ -31,7 +34,9 @@ TOKENIZER: dict[str, Any] = {
     "drop_path_rate": 0.0,
     "global_batch_size": 16, "epochs": 30, "lr": 2e-3, "lr_scheduler": "cosine", "warmup_steps": 100,
     "weight_decay": 0.0, "ema": True, "ema_decay": 0.999,
-    "reconstruction_loss": "l2", "perceptual_weight": 0.0, "disc_type": "none",
+    # L2 plus a perceptual loss in the teacher's feature maps (perceptual_net classifier:TEACHER, filled in by the
+    # demo): with it the judge recognises 30% of reconstructions after 1000 steps, against 16% with L2 alone
+    "reconstruction_loss": "l2", "perceptual_weight": 0.05, "disc_type": "none",
     "num_workers": 0, "log_every": 10, "val_every": 1000, "ckpt_every": 1000, "val_max_images": 200,
     "save_best_metric": "psnr", "tensorboard": False,
 }
@@ -54,7 +59,7 @@ PROBE_MAX_TRAIN = 500         # training images the linear probe is fitted on (s
 # pretokenizing, sampling and evaluating) is what is left. A stage that ends early leaves its time to the next.
 BUDGET_MINUTES = 15.0
 QUICK_BUDGET_MINUTES = 2.0
-BUDGET_SHARES: dict[str, float] = {"classifier": 0.08, "tokenizer": 0.45, "generator": 0.40}
+BUDGET_SHARES: dict[str, float] = {"classifier": 0.05, "teacher": 0.05, "tokenizer": 0.45, "generator": 0.38}
 
 # the fixed step counts that produce the shipped model (README: the exact command)
 SHIP_STEPS: dict[str, int] = {"classifier_epochs": 6, "tokenizer_steps": 7000, "generator_steps": 2500}

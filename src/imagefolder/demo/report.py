@@ -82,9 +82,10 @@ class RunInfo:
     summaries: dict[str, dict[str, Any]] = field(default_factory=dict)   # train mode: each trainer's summary
     notes: list[str] = field(default_factory=list)
     images: dict[str, str] = field(default_factory=dict)                 # title -> file name in OUT
+    teacher_is_judge: bool = False              # the tokenizer's semantic teacher is the judge's network
 
 
-def _models(gen: Generator, judge_dir: Path) -> list[str]:
+def _models(gen: Generator, judge_dir: Path, teacher_is_judge: bool) -> list[str]:
     t, g = gen.tokenizer.config, gen.config
     judge = json.loads((judge_dir / "config.json").read_text())
     jc, jinfo = judge["config"], judge.get("info", {})
@@ -92,10 +93,13 @@ def _models(gen: Generator, judge_dir: Path) -> list[str]:
     vit = {**t.vit_kwargs}
     scales = ", ".join(f"{s}x{s}" for s in t.v_patch_nums)
     if t.semantic_guide == "classifier":
-        teacher = (f"branch {t.product_quant - 1} (the last) is pulled toward the frozen teacher's features by a "
-                   f"contrastive loss (weight {t.sem_loss_weight:g}); the teacher is the judge classifier's "
-                   f"backbone ({width}-d pooled features), so the semantic branch learns the judge's feature space"
-                   if t.half_sem else "a 1x1 mix of all branches is pulled toward the judge classifier's features")
+        who = (f"the judge classifier's backbone ({width}-d pooled features), so the semantic branch learns the "
+               "judge's feature space" if teacher_is_judge else
+               f"a small CNN classifier ({t.teacher.get('width', '?')} wide) trained on the same pictures with "
+               "another seed; the judge takes no part in training")
+        where = (f"branch {t.product_quant - 1} (the last) is" if t.half_sem else "a 1x1 mix of all branches is")
+        teacher = (f"{where} pulled toward the frozen teacher's features by a contrastive loss (weight "
+                   f"{t.sem_loss_weight:g}); the teacher is {who}")
     elif t.semantic_guide == "dinov2":
         teacher = "a branch is pulled toward a frozen DINOv2 teacher"
     else:
@@ -126,7 +130,7 @@ def _stages(run: RunInfo) -> list[str]:
     lines = ["| stage | seconds | what |", "| --- | ---: | --- |"]
     for stage, seconds in run.stage_seconds.items():
         s = run.summaries.get(stage, {})
-        if stage == "classifier":
+        if stage in ("classifier", "teacher"):
             what = f"{_count(s['epochs'], 'epoch')}, {_count(s['steps'], 'step')}, val accuracy " \
                    f"{_fmt(s['val_accuracy'], '.3f')}"
         elif stage in ("tokenizer", "generator"):
@@ -156,7 +160,7 @@ def write_report(path: Path, run: RunInfo, gen: Generator, metrics: dict[str, An
         f"{d['size']} px; {d['train']} train + {d['val']} validation pictures, seed {d['seed']}",
         *([f"* **Models made by**: `{run.made_by}`"] if run.made_by else []),
         f"* **Wall time**: {metrics['wall_time_s']:.1f} s", "",
-        "## Models", "", *(f"* {line}" for line in _models(gen, run.judge_dir)), "",
+        "## Models", "", *(f"* {line}" for line in _models(gen, run.judge_dir, run.teacher_is_judge)), "",
         "## Time", "", *_stages(run), "",
         "## Numbers", "",
         f"{metrics['samples']} samples ({recipes.SAMPLING['per_class']} per class), {metrics['val_images']} "

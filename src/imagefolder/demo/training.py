@@ -3,13 +3,15 @@
 Stages, each in its own folder under OUT:
 
 1. ``data/``: a built-in dataset (``make_dataset``; train = stream 0, val = stream 1 of the seed);
-2. ``classifier/``: the judge (``train_classifier``); its backbone is also the tokenizer's frozen teacher;
-3. ``tokenizer/``: two branches of product-quantized multi-scale codes, quantizer dropout, the last branch
-   regularised toward the judge's features (``TokenizerTrainer``; ``tokenizer/last`` is used);
-4. ``codes.safetensors``: the training set tokenized once, as is and mirrored (``pretokenize``);
-5. ``generator/``: the class-conditional VAR model on those codes (``GeneratorTrainer``; ``generator/last``).
+2. ``classifier/``: the judge (``train_classifier``), which only scores: no model is trained against it;
+3. ``teacher/``: a second classifier, same recipe, seed + ``recipes.TEACHER_SEED_OFFSET``: the tokenizer's frozen
+   semantic teacher and the network of its perceptual loss;
+4. ``tokenizer/``: two branches of product-quantized multi-scale codes, quantizer dropout, the last branch
+   regularised toward the teacher's features (``TokenizerTrainer``; ``tokenizer/last`` is used);
+5. ``codes.safetensors``: the training set tokenized once, as is and mirrored (``pretokenize``);
+6. ``generator/``: the class-conditional VAR model on those codes (``GeneratorTrainer``; ``generator/last``).
 
-Stopping rule per stage: a fixed count (``--classifier-epochs``, ``--tokenizer-steps``, ``--generator-steps``;
+Stopping rule per stage: a fixed count (``--classifier-epochs`` for both classifiers, ``--tokenizer-steps``, ``--generator-steps``;
 the lr schedule then spans about that many steps) or a share of the time budget (``StageClock``: each trainer
 gets its share of the time still left, so a stage that ends early leaves its time to the later ones; the
 trainer's lr schedule follows its clock).
@@ -28,6 +30,7 @@ from . import DemoError, recipes
 
 T = TypeVar("T")
 
+STAGES = 7                # the numbered lines of a train-mode run (the last is the evaluation)
 MIN_STAGE_SECONDS = 5.0   # a trainer always gets at least this long, even when the budget is spent
 
 
@@ -46,6 +49,7 @@ class TrainingPlan:
 class TrainingResult:
     data_dir: Path
     classifier_dir: Path
+    teacher_dir: Path
     tokenizer_dir: Path
     generator_dir: Path
     stage_seconds: dict[str, float] = field(default_factory=dict)
@@ -103,7 +107,7 @@ def train_all(plan: TrainingPlan, out: Path, device: torch.device, progress: boo
 
     clock = StageClock(plan.budget_minutes, recipes.BUDGET_SHARES)
     info = DistInfo(0, 1, 0, device)
-    res = TrainingResult(out / "data", out / "classifier", out / "tokenizer", out / "generator")
+    res = TrainingResult(out / "data", out / "classifier", out / "teacher", out / "tokenizer", out / "generator")
     size = plan.data["size"]
 
     def timed(stage: str, fn: Callable[[], T]) -> T:
@@ -112,7 +116,7 @@ def train_all(plan: TrainingPlan, out: Path, device: torch.device, progress: boo
         res.stage_seconds[stage] = time.perf_counter() - t0
         return value
 
-    announce(1, 6, f"dataset: {plan.dataset}, {plan.data['train_per_class']} train + {plan.data['val_per_class']} "
+    announce(1, STAGES, f"dataset: {plan.dataset}, {plan.data['train_per_class']} train + {plan.data['val_per_class']} "
                    f"val pictures per class, {size} px, seed {plan.seed}")
     made = timed("dataset", lambda: make_dataset(plan.dataset, res.data_dir, size=size,
                                                   train_per_class=plan.data["train_per_class"],
@@ -122,36 +126,40 @@ def train_all(plan: TrainingPlan, out: Path, device: torch.device, progress: boo
     n_train = made["train"]
 
     c = recipes.CLASSIFIER
-    if plan.classifier_epochs is not None:
-        epochs, budget = plan.classifier_epochs, None
-    else:
-        epochs, budget = c["epochs"], clock.minutes_for("classifier")
-    announce(2, 6, f"judge classifier ({c['preset']}): "
-             + (f"{epochs} epochs" if budget is None else f"up to {epochs} epochs in {budget:.1f} min"))
-    res.summaries["classifier"] = timed("classifier", lambda: train_classifier(
-        res.data_dir, res.classifier_dir, preset=c["preset"], image_size=size, epochs=epochs,
-        batch_size=c["batch_size"], lr=c["lr"], weight_decay=c["weight_decay"], seed=plan.seed, device=device,
-        time_budget_minutes=budget, progress=progress))
+    for stage, step, folder, seed, what in (
+            ("classifier", 2, res.classifier_dir, plan.seed, "judge classifier"),
+            ("teacher", 3, res.teacher_dir, plan.seed + recipes.TEACHER_SEED_OFFSET, "teacher classifier")):
+        if plan.classifier_epochs is not None:
+            epochs, budget = plan.classifier_epochs, None
+        else:
+            epochs, budget = c["epochs"], clock.minutes_for(stage)
+        announce(step, STAGES, f"{what} ({c['preset']}, seed {seed}): "
+                 + (f"{epochs} epochs" if budget is None else f"up to {epochs} epochs in {budget:.1f} min"))
+        res.summaries[stage] = timed(stage, lambda: train_classifier(
+            res.data_dir, folder, preset=c["preset"], image_size=size, epochs=epochs, batch_size=c["batch_size"],
+            lr=c["lr"], weight_decay=c["weight_decay"], seed=seed, device=device, time_budget_minutes=budget,
+            progress=progress))
 
     stop = _stopping(recipes.TOKENIZER, plan.tokenizer_steps, n_train, clock, "tokenizer")
-    announce(3, 6, f"tokenizer: {recipes.TOKENIZER['product_quant']}-branch product quantization, quantizer dropout, "
-             "semantic branch taught by the judge; " + _stop_text(stop))
+    announce(4, STAGES, f"tokenizer: {recipes.TOKENIZER['product_quant']}-branch product quantization, quantizer "
+             "dropout, semantic branch and perceptual loss from the teacher; " + _stop_text(stop))
     values = {**recipes.TOKENIZER, **stop, "image_size": size, "data_path": str(res.data_dir),
-              "val_data_path": str(res.data_dir / "val"), "semantic_teacher": str(res.classifier_dir),
+              "val_data_path": str(res.data_dir / "val"), "semantic_teacher": str(res.teacher_dir),
+              "perceptual_net": f"classifier:{res.teacher_dir}",
               "rfid_features": f"domain:{res.classifier_dir}",  # the judge's space (Inception would need a download)
               "global_seed": plan.seed, "device": device.type, "cloud_save_path": str(res.tokenizer_dir)}
     opts, model_config = load_options(TokenizerTrainOptions, TOKENIZER_ACCEPTED_ONLY, None, values)
     res.summaries["tokenizer"] = timed("tokenizer", lambda: TokenizerTrainer(
         opts, model_config, res.tokenizer_dir, info, show_progress=progress).fit())
 
-    announce(4, 6, "pretokenize: the training set's codes, as is and mirrored")
+    announce(5, STAGES, "pretokenize: the training set's codes, as is and mirrored")
     codes = out / "codes.safetensors"
     tok = load_tokenizer(res.tokenizer_dir / "last")
     res.summaries["pretokenize"] = timed("pretokenize", lambda: pretokenize(
         tok, res.data_dir / "train", codes, device=device, show_progress=progress))
 
     stop = _stopping(recipes.GENERATOR, plan.generator_steps, n_train, clock, "generator")
-    announce(5, 6, "generator: class-conditional VAR over the folded tokens; " + _stop_text(stop))
+    announce(6, STAGES, "generator: class-conditional VAR over the folded tokens; " + _stop_text(stop))
     values = {**recipes.GENERATOR, **stop, "data_path": str(res.data_dir), "val_data_path": str(res.data_dir / "val"),
               "tokenizer": str(res.tokenizer_dir / "last"), "codes_cache": str(codes), "global_seed": plan.seed,
               "device": device.type, "cloud_save_path": str(res.generator_dir)}

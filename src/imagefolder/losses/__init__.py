@@ -3,11 +3,12 @@ from .adversarial import GAN_LOSSES, LeCam, adaptive_weight, adopt_weight, d_los
 from .diffaug import diff_augment
 from .discriminators import (DISCRIMINATORS, DinoDiscriminator, PatchGANDiscriminator, StyleGANDiscriminator,
                              build_discriminator)
+from .domain_perceptual import ClassifierPerceptualLoss, build_perceptual
 from .perceptual import PerceptualLoss
 
 __all__ = [
     "GAN_LOSSES", "LeCam", "adaptive_weight", "adopt_weight", "d_loss", "g_loss",
     "diff_augment",
     "DISCRIMINATORS", "DinoDiscriminator", "PatchGANDiscriminator", "StyleGANDiscriminator", "build_discriminator",
-    "PerceptualLoss",
+    "ClassifierPerceptualLoss", "PerceptualLoss", "build_perceptual",
 ]

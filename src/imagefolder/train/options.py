@@ -224,8 +224,9 @@ class TokenizerTrainOptions(CommonOptions):
     lora_dropout: float = 0.0
     reconstruction_loss: str = "l2"      # l1 | l2
     reconstruction_weight: float = 1.0
-    perceptual_weight: float = 1.0       # LPIPS (VGG); 0 disables it
-    perceptual_weights: str | None = None  # local torchvision VGG16 weights file (default: normal download)
+    perceptual_weight: float = 1.0       # weight of the perceptual loss; 0 disables it
+    perceptual_net: str = "lpips"        # lpips (VGG16) | classifier:DIR (feature maps of a train-classifier output)
+    perceptual_weights: str | None = None  # local torchvision VGG16 weights file for lpips (default: download)
     codebook_weight: float = 1.0
     disc_type: str = "patchgan"          # none | patchgan | stylegan | dinodisc
     disc_loss: str = "hinge"             # hinge | vanilla | non-saturating
@@ -265,6 +266,10 @@ class TokenizerTrainOptions(CommonOptions):
         for name, allowed in checks:
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        net = self.perceptual_net
+        if net != "lpips" and not (net.startswith("classifier:") and len(net) > len("classifier:")):
+            raise ConfigError(f"perceptual_net must be lpips or classifier:DIR (a train-classifier output); "
+                              f"got {net!r}")
 
 
 # generator training ----------------------------------------------------------------------------------------------

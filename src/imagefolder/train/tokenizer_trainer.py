@@ -23,7 +23,7 @@ from torchvision.transforms.functional import gaussian_blur
 
 from ..checkpoint import save_model
 from ..data.folder import ImageFolderDataset, split_dir
-from ..losses import LeCam, PerceptualLoss, adaptive_weight, build_discriminator, d_loss, diff_augment, g_loss
+from ..losses import LeCam, adaptive_weight, build_discriminator, build_perceptual, d_loss, diff_augment, g_loss
 from ..metrics.image_quality import psnr, ssim
 from ..models.tokenizer import Tokenizer
 from .engine import Trainer, TrainingError, all_reduce_, broadcast_buffers_, gather_with_grad
@@ -121,7 +121,8 @@ class TokenizerTrainer(Trainer):
             self.module = DDP(self.module, device_ids=[dev.index] if dev.type == "cuda" else None)
         self.params = [p for p in self.tok.parameters() if p.requires_grad]
         self.opt = adamw(param_groups(self.tok, o.weight_decay), o.lr, (o.beta1, o.beta2), dev)
-        self.perceptual = PerceptualLoss(weights=o.perceptual_weights).to(dev) if o.perceptual_weight > 0 else None
+        self.perceptual = (build_perceptual(o.perceptual_net, o.perceptual_weights).to(dev)
+                           if o.perceptual_weight > 0 else None)
         self.disc = self.disc_module = None
         self.disc_start = o.disc_start if o.disc_start is not None else o.disc_epoch_start * self.steps_per_epoch
         if o.disc_type != "none":
