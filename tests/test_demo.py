@@ -92,6 +92,14 @@ def test_train_quick_writes_every_output_and_ships(shipped):
     assert "--tokenizer-steps 2" in info["command"] and set(REQUIRED) <= set(info["metrics"])
     assert sorted(p.name for p in assets.iterdir()) == ["classifier", "demo.json", "generator"]
     assert not list(assets.parent.glob("*.ship.*"))
+    # shipped weights are fp16 copies of the trained ones; loading gives fp32 again
+    from safetensors.torch import load_file
+    from imagefolder.loading import load_generator
+    trained, stored = (load_file(d / "model.safetensors") for d in (out / "generator" / "last", assets / "generator"))
+    assert trained.keys() == stored.keys()
+    assert all(stored[k].dtype == (torch.float16 if v.dtype == torch.float32 else v.dtype) for k, v in trained.items())
+    assert all(torch.equal(stored[k], v.half()) for k, v in trained.items() if v.dtype == torch.float32)
+    assert all(p.dtype == torch.float32 for p in load_generator(assets / "generator").parameters())
 
 
 def test_default_mode_on_the_shipped_assets(shipped, tmp_path, capsys):

@@ -2,8 +2,8 @@
 
 An assets folder holds ``generator/`` (our generator checkpoint, which includes its tokenizer), ``classifier/``
 (the judge) and ``demo.json`` (the dataset the models were trained on, the command that made them and its
-numbers). ``ship`` writes a new folder beside the old one and swaps it in with renames, so a reader never sees a
-half-written model.
+numbers). Weights are stored in fp16 and loaded as fp32. ``ship`` writes a new folder beside the old one and
+swaps it in with renames, so a reader never sees a half-written model.
 """
 from __future__ import annotations
 
@@ -11,6 +11,10 @@ import json
 import shutil
 from pathlib import Path
 from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME
 from . import recipes
@@ -32,6 +36,18 @@ def read_assets(folder: Path) -> dict[str, Any]:
     return json.loads(info.read_text()) if info.is_file() else {}
 
 
+def _write_half(src: Path, dst: Path) -> None:
+    """Copy a safetensors file with its fp32 tensors stored as fp16 (half the package size; loading casts them back
+    to the model's fp32). A tensor fp16 cannot hold (beyond its range) stays fp32."""
+    with safe_open(src, framework="pt") as f:
+        metadata = f.metadata()
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    for k, v in state.items():
+        if v.dtype == torch.float32 and (v.numel() == 0 or v.abs().max() <= torch.finfo(torch.float16).max):
+            state[k] = v.half()
+    save_file(state, dst, metadata=metadata)
+
+
 def ship(generator_dir: Path, classifier_dir: Path, info: dict[str, Any], folder: Path) -> None:
     """Copy the model files of ``generator_dir`` and ``classifier_dir`` and ``info`` into ``folder``, replacing
     what is there only once the new copy is complete."""
@@ -41,8 +57,8 @@ def ship(generator_dir: Path, classifier_dir: Path, info: dict[str, Any], folder
         shutil.rmtree(leftover, ignore_errors=True)
     for src, name in ((generator_dir, GENERATOR), (classifier_dir, CLASSIFIER)):
         (stage / name).mkdir(parents=True)
-        for f in (CONFIG_NAME, WEIGHTS_NAME):
-            shutil.copy2(src / f, stage / name / f)
+        shutil.copy2(src / CONFIG_NAME, stage / name / CONFIG_NAME)
+        _write_half(src / WEIGHTS_NAME, stage / name / WEIGHTS_NAME)
     (stage / INFO).write_text(json.dumps(info, indent=2) + "\n")
     if folder.exists():
         folder.rename(old)
