@@ -72,8 +72,9 @@ def generate_samples(gen: Generator, per_class: int, progress: bool) -> tuple[to
     with tqdm(total=len(labels_N), desc="sample", unit="img", disable=None if progress else True) as bar:
         for start in range(0, len(labels_N), BATCH):
             labels = labels_N[start:start + BATCH]
-            out.append(gen.generate(labels.to(device), cfg=s["cfg"], top_k=s["top_k"], top_p=s["top_p"],
-                                    seed=s["seed"], indices=range(start, start + len(labels))).cpu())
+            out.append(gen.generate(labels.to(device), cfg=s["cfg"], cfg_schedule=s["cfg_schedule"],
+                                    top_k=s["top_k"], top_p=s["top_p"], seed=s["seed"],
+                                    indices=range(start, start + len(labels))).cpu())
             bar.update(len(labels))
     return torch.cat(out), labels_N
 

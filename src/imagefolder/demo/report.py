@@ -114,7 +114,8 @@ def _models(gen: Generator, judge_dir: Path, teacher_is_judge: bool) -> list[str
         f"{_count(t.start_drop, 'scale')}; **semantic regularisation**: {teacher}.",
         f"**Generator**: VAR transformer (depth {g.depth}, width {g.embed_dim}, {g.num_heads} heads) predicting "
         f"both branches' codes of every position of the next scale at once, class-conditional with label dropout "
-        f"{g.cond_drop_rate:g} for classifier-free guidance; sampled with cfg {recipes.SAMPLING['cfg']:g}, top-k "
+        f"{g.cond_drop_rate:g} for classifier-free guidance; sampled with cfg {recipes.SAMPLING['cfg']:g} "
+        f"({recipes.SAMPLING['cfg_schedule']} over the scales), top-k "
         f"{recipes.SAMPLING['top_k'] or 'off'}, top-p {recipes.SAMPLING['top_p']:g}.",
         f"**Judge**: a small CNN classifier (width {jc['width']}, {width}-d features) trained on the same training "
         f"pictures" + (f", validation accuracy {judge_acc:.3f}" if judge_acc is not None else "") + "; it scores "
