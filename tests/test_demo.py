@@ -34,6 +34,7 @@ TEST_RECIPES = {
     "RECONSTRUCTION_ROWS": 3,
 }
 STEPS = ["--classifier-epochs", "1", "--tokenizer-steps", "2", "--generator-steps", "2"]
+REAL_RECIPES = {name: getattr(recipes, name) for name in TEST_RECIPES}
 
 
 @pytest.fixture(scope="module")
@@ -154,8 +155,10 @@ def test_classifier_time_budget(tmp_path):
     assert len(s["history"]) == s["epochs"] and (tmp_path / "clf" / "model.safetensors").is_file()
 
 
-def test_the_packaged_demo_model_runs(tmp_path):
+def test_the_packaged_demo_model_runs(tmp_path, monkeypatch):
     """`imagefolder demo` exactly as a newcomer runs it: the model shipped inside the package, default mode."""
+    for name, value in REAL_RECIPES.items():  # the module's `shipped` fixture may have patched them
+        monkeypatch.setattr(recipes, name, value)
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
     for name in COMMON_FILES:
