@@ -11,10 +11,10 @@ Stages, each in its own folder under OUT:
 5. ``codes.safetensors``: the training set tokenized once, as is and mirrored (``pretokenize``);
 6. ``generator/``: the class-conditional VAR model on those codes (``GeneratorTrainer``; ``generator/last``).
 
-Stopping rule per stage: a fixed count (``--classifier-epochs`` for both classifiers, ``--tokenizer-steps``, ``--generator-steps``;
-the lr schedule then spans about that many steps) or a share of the time budget (``StageClock``: each trainer
-gets its share of the time still left, so a stage that ends early leaves its time to the later ones; the
-trainer's lr schedule follows its clock).
+Stopping rule per stage: a fixed count (``--classifier-epochs`` for both classifiers, ``--tokenizer-steps``,
+``--generator-steps``; the lr schedule then spans about that many steps) or a share of the time budget
+(``StageClock``: each trainer gets its share of the time still left, so a stage that ends early leaves its time to
+the later ones; the trainer's lr schedule follows its clock).
 """
 from __future__ import annotations
 
@@ -116,8 +116,8 @@ def train_all(plan: TrainingPlan, out: Path, device: torch.device, progress: boo
         res.stage_seconds[stage] = time.perf_counter() - t0
         return value
 
-    announce(1, STAGES, f"dataset: {plan.dataset}, {plan.data['train_per_class']} train + {plan.data['val_per_class']} "
-                   f"val pictures per class, {size} px, seed {plan.seed}")
+    announce(1, STAGES, f"dataset: {plan.dataset}, {plan.data['train_per_class']} train + "
+                        f"{plan.data['val_per_class']} val pictures per class, {size} px, seed {plan.seed}")
     made = timed("dataset", lambda: make_dataset(plan.dataset, res.data_dir, size=size,
                                                   train_per_class=plan.data["train_per_class"],
                                                   val_per_class=plan.data["val_per_class"], seed=plan.seed,

@@ -64,10 +64,16 @@ class ClassifierPerceptualLoss(nn.Module):
         return total
 
 
+def parse_perceptual_net(net: str) -> str | None:
+    """None for ``lpips``, the classifier folder for ``classifier:DIR``; ValueError for anything else."""
+    if net == "lpips":
+        return None
+    if net.startswith(PREFIX) and net[len(PREFIX):]:
+        return net[len(PREFIX):]
+    raise ValueError(f"perceptual_net must be lpips or classifier:DIR (a train-classifier output), got {net!r}")
+
+
 def build_perceptual(net: str, weights: str | Path | None = None) -> nn.Module:
     """The perceptual loss named by ``net``: ``lpips`` (VGG16 trunk from ``weights``) or ``classifier:DIR``."""
-    if net == "lpips":
-        return PerceptualLoss(weights=weights)
-    if net.startswith(PREFIX) and net[len(PREFIX):]:
-        return ClassifierPerceptualLoss(net[len(PREFIX):])
-    raise ValueError(f"perceptual_net must be lpips or classifier:DIR (a train-classifier output), got {net!r}")
+    folder = parse_perceptual_net(net)
+    return PerceptualLoss(weights=weights) if folder is None else ClassifierPerceptualLoss(folder)

@@ -266,10 +266,11 @@ class TokenizerTrainOptions(CommonOptions):
         for name, allowed in checks:
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
-        net = self.perceptual_net
-        if net != "lpips" and not (net.startswith("classifier:") and len(net) > len("classifier:")):
-            raise ConfigError(f"perceptual_net must be lpips or classifier:DIR (a train-classifier output); "
-                              f"got {net!r}")
+        from ..losses.domain_perceptual import parse_perceptual_net
+        try:
+            parse_perceptual_net(self.perceptual_net)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
 
 # generator training ----------------------------------------------------------------------------------------------
