@@ -23,12 +23,20 @@ FORMAT, VERSION = "imagefolder", 1
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 
 
+def _umask() -> int:
+    """The process umask (read by setting and restoring it: the only portable way)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write) -> None:
     """Call ``write(tmp_path)`` then move the file into place: readers never see a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the permissions a plain open() would
     try:
         write(tmp)
         with open(tmp, "rb") as f:
