@@ -115,6 +115,12 @@ def test_default_mode_on_the_shipped_assets(shipped, tmp_path, capsys):
     assert metrics["mode"] == "default" and metrics["dataset"]["size"] == 16
     stdout = capsys.readouterr().out
     assert "sample_class_accuracy" in stdout and "report.md" in stdout
+    for key, n in (("sample_class_accuracy", metrics["samples"]), ("reconstruction_class_accuracy",
+                                                                    metrics["val_images"])):
+        p = metrics[key]
+        assert metrics[f"{key}_stderr"] == pytest.approx(math.sqrt(p * (1 - p) / n))
+        assert f"{p:.3f} ± {metrics[key + '_stderr']:.3f}" in stdout
+    assert f"| `sample_class_accuracy` | {metrics['sample_class_accuracy']:.3f} ± " in (out / "report.md").read_text()
     # a second run replaces the first one's output
     assert main(["demo", "--assets", str(assets), "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
 

@@ -128,9 +128,13 @@ def _judge_metrics(judge: DomainExtractor, samples: tuple[torch.Tensor, torch.Te
         return FeatureStats.from_features(feat_ND, judge.feature_space, judge.weights_sha256)
 
     (f_samples, l_samples), (f_val, l_val), (f_recon, l_recon) = (judged(x) for x in (samples[0], val[0], recons_N3HW))
-    metrics = {"sample_class_accuracy": class_accuracy(l_samples, samples[1].numpy()),
-               "reconstruction_class_accuracy": class_accuracy(l_recon, val[1].numpy()),
-               "val_class_accuracy": class_accuracy(l_val, val[1].numpy())}
+    metrics: dict[str, float] = {}
+    for key, logits, labels in (("sample_class_accuracy", l_samples, samples[1]),
+                                ("reconstruction_class_accuracy", l_recon, val[1]),
+                                ("val_class_accuracy", l_val, val[1])):
+        acc = class_accuracy(logits, labels.numpy())
+        metrics[key] = acc
+        metrics[f"{key}_stderr"] = math.sqrt(acc * (1 - acc) / len(labels))  # binomial standard error
     for key, feats in (("domain_fid", f_samples), ("reconstruction_domain_fid", f_recon)):
         n = min(len(feats), len(f_val))
         if n <= feats.shape[1]:

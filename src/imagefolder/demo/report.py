@@ -54,10 +54,16 @@ def _fmt(value: Any, spec: str) -> str:
     return format(value, spec) if isinstance(value, (int, float)) and math.isfinite(value) else str(value)
 
 
+def _value(metrics: dict[str, Any], key: str, spec: str) -> str:
+    """A metric as text, with its standard error (``KEY_stderr``) when the metrics have one."""
+    err = metrics.get(f"{key}_stderr")
+    return _fmt(metrics[key], spec) + (f" ± {_fmt(err, spec)}" if err is not None else "")
+
+
 def summary_table(metrics: dict[str, Any]) -> str:
     """The plain-text table printed at the end of a run."""
     goals = {key: (text, "yes" if met else "no") for key, text, met in targets(metrics)}
-    rows = [(key, _fmt(metrics[key], spec), *goals.get(key, ("", ""))) for key, spec, _ in METRICS]
+    rows = [(key, _value(metrics, key, spec), *goals.get(key, ("", ""))) for key, spec, _ in METRICS]
     widths = [max(len(r[i]) for r in rows + [("metric", "value", "target", "met")]) for i in range(4)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(("metric", "value", "target", "met"), widths))]
     lines.append("  ".join("-" * w for w in widths))
@@ -166,9 +172,10 @@ def write_report(path: Path, run: RunInfo, gen: Generator, metrics: dict[str, An
         "## Numbers", "",
         f"{metrics['samples']} samples ({recipes.SAMPLING['per_class']} per class), {metrics['val_images']} "
         f"validation images; linear probes fitted on {metrics['probe_train_images']} training images "
-        f"(semantic branch: `{metrics['probe_semantic']}`).", "",
+        f"(semantic branch: `{metrics['probe_semantic']}`). Accuracies carry their binomial standard error "
+        "(± one standard error over the images judged).", "",
         "| metric | value | meaning |", "| --- | ---: | --- |",
-        *(f"| `{key}` | {_fmt(metrics[key], spec)} | {meaning} |" for key, spec, meaning in METRICS), "",
+        *(f"| `{key}` | {_value(metrics, key, spec)} | {meaning} |" for key, spec, meaning in METRICS), "",
         "## Targets", "",
         "Targets are set for the shipped model (made by `" + recipes.ship_command() + "`); a quick or short run "
         "is not expected to reach them.", "",
