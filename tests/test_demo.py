@@ -25,6 +25,7 @@ TEST_RECIPES = {
     "QUICK_DATASET": {"size": 16, "train_per_class": 4, "val_per_class": 13},
     "PROBE_TRAIN_PER_CLASS": 2,
     "CLASSIFIER": {**recipes.CLASSIFIER, "batch_size": 20},
+    "TEACHER": {**recipes.TEACHER, "batch_size": 20},
     "TOKENIZER": {**recipes.TOKENIZER, "patch_size": 4, "num_latent_tokens": 4, "v_patch_nums": [1, 2],
                   "codebook_size": 16, "codebook_embed_dim": 4, "start_drop": 1, "global_batch_size": 8,
                   "vit_kwargs": {"embed_dim": 128, "depth": 1, "num_heads": 2}, "log_every": 1},
@@ -33,7 +34,7 @@ TEST_RECIPES = {
     "SAMPLING": {**recipes.SAMPLING, "per_class": 13},
     "RECONSTRUCTION_ROWS": 3,
 }
-STEPS = ["--classifier-epochs", "1", "--tokenizer-steps", "2", "--generator-steps", "2"]
+STEPS = ["--classifier-epochs", "1", "--teacher-epochs", "2", "--tokenizer-steps", "2", "--generator-steps", "2"]
 REAL_RECIPES = {name: getattr(recipes, name) for name in TEST_RECIPES}
 
 
@@ -91,6 +92,8 @@ def test_train_quick_writes_every_output_and_ships(shipped):
     info = json.loads((assets / "demo.json").read_text())
     assert info["dataset"]["name"] == "shapes" and info["dataset"]["size"] == 16
     assert "--tokenizer-steps 2" in info["command"] and set(REQUIRED) <= set(info["metrics"])
+    assert "--classifier-epochs 1 --teacher-epochs 2" in info["command"]
+    assert "| classifier |" in report and "| 1 epoch, " in report and "| 2 epochs, " in report
     assert sorted(p.name for p in assets.iterdir()) == ["classifier", "demo.json", "generator"]
     assert not list(assets.parent.glob("*.ship.*"))
     # shipped weights are fp16 copies of the trained ones; loading gives fp32 again
@@ -137,6 +140,8 @@ def test_one_line_errors(tmp_path, capsys):
     assert rc == 2 and err.count("\n") == 1 and "not from the demo" in err
     assert (tmp_path / "busy" / "mine.txt").read_text() == "keep me"
     assert main(["demo", "--ship"]) == 2 and "--ship needs --train" in capsys.readouterr().err
+    assert main(["demo", "--teacher-epochs", "3"]) == 2 and "--teacher-epochs needs --train" in capsys.readouterr().err
+    assert main(["demo", "--train", "--teacher-epochs", "0"]) == 2 and "at least 1" in capsys.readouterr().err
 
 
 def test_stage_clock_hands_unused_time_on():

@@ -10,7 +10,7 @@ dataset and 2 minutes): make the dataset, train the judge classifier (it only sc
 frozen teacher, a perceptual loss in the teacher's feature maps), tokenize the training set once, train the
 generator; then the same sampling and evaluation. Each trainer gets its share of the
 time still left (the shares are below; the rest is for data, codes and evaluation), or a fixed count with
---classifier-epochs / --tokenizer-steps / --generator-steps. --ship copies the trained generator
+--classifier-epochs / --teacher-epochs / --tokenizer-steps / --generator-steps. --ship copies the trained generator
 (with its tokenizer) and classifier into --assets, replacing the shipped demo model.
 
 Output in OUT (default runs/demo, replaced by the next demo run): samples.png (one row per class),
@@ -25,6 +25,7 @@ import shlex
 from . import UsageError
 
 DEFAULTS = {"out": "runs/demo", "device": "auto", "seed": 0}  # left out of the recorded command
+FIXED_COUNTS = ("classifier_epochs", "teacher_epochs", "tokenizer_steps", "generator_steps")
 
 
 def add_parser(sub) -> None:
@@ -42,7 +43,10 @@ def add_parser(sub) -> None:
                    help=f"--train: total minutes (default: {BUDGET_MINUTES:g}, {QUICK_BUDGET_MINUTES:g} with --quick)")
     p.add_argument("--quick", action="store_true", help="--train: a smaller dataset and a 2-minute budget (a smoke "
                    "test of the pipeline; the models stay weak)")
-    p.add_argument("--classifier-epochs", type=int, metavar="N", help="--train: fixed epochs instead of the clock")
+    p.add_argument("--classifier-epochs", type=int, metavar="N",
+                   help="--train: fixed epochs of the judge classifier instead of the clock")
+    p.add_argument("--teacher-epochs", type=int, metavar="N",
+                   help="--train: fixed epochs of the teacher classifier instead of the clock")
     p.add_argument("--tokenizer-steps", type=int, metavar="N", help="--train: fixed steps instead of the clock")
     p.add_argument("--generator-steps", type=int, metavar="N", help="--train: fixed steps instead of the clock")
     p.add_argument("--ship", action="store_true", help="--train: copy the trained models into --assets (written "
@@ -61,11 +65,11 @@ def add_parser(sub) -> None:
 
 
 def _check(args) -> None:
-    train_only = [name for name in ("budget_minutes", "classifier_epochs", "tokenizer_steps", "generator_steps")
+    train_only = [name for name in ("budget_minutes", *FIXED_COUNTS)
                   if getattr(args, name) is not None] + [name for name in ("quick", "ship") if getattr(args, name)]
     if train_only and not args.train:
         raise UsageError(f"--{train_only[0].replace('_', '-')} needs --train")
-    for name in ("classifier_epochs", "tokenizer_steps", "generator_steps"):
+    for name in FIXED_COUNTS:
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.budget_minutes is not None and not args.budget_minutes > 0:
@@ -78,8 +82,7 @@ def _command(args) -> str:
     for name in ("train", "quick", "ship", "no_progress"):
         if getattr(args, name):
             parts.append(f"--{name.replace('_', '-')}")
-    for name in ("budget_minutes", "classifier_epochs", "tokenizer_steps", "generator_steps", "dataset", "assets",
-                 "out", "device", "seed"):
+    for name in ("budget_minutes", *FIXED_COUNTS, "dataset", "assets", "out", "device", "seed"):
         value = getattr(args, name)
         if value is not None and value != DEFAULTS.get(name):
             parts += [f"--{name.replace('_', '-')}", str(value)]
@@ -101,7 +104,8 @@ def run(args) -> int:
     settings = DemoSettings(
         out=Path(args.out), train=args.train, assets=Path(args.assets or DEFAULT_ASSETS), dataset=args.dataset,
         budget_minutes=args.budget_minutes, quick=args.quick, classifier_epochs=args.classifier_epochs,
-        tokenizer_steps=args.tokenizer_steps, generator_steps=args.generator_steps, ship=args.ship,
+        teacher_epochs=args.teacher_epochs, tokenizer_steps=args.tokenizer_steps,
+        generator_steps=args.generator_steps, ship=args.ship,
         device=args.device, seed=args.seed, progress=not args.no_progress, command=_command(args))
     try:
         run_demo(settings)

@@ -40,6 +40,7 @@ class DemoSettings:
     budget_minutes: float | None = None   # None: recipes.BUDGET_MINUTES (QUICK_BUDGET_MINUTES with quick)
     quick: bool = False                   # smaller dataset and budget
     classifier_epochs: int | None = None
+    teacher_epochs: int | None = None
     tokenizer_steps: int | None = None
     generator_steps: int | None = None
     ship: bool = False                    # copy the trained models into ``assets``
@@ -105,7 +106,8 @@ class _Models:
 def _train_mode(s: DemoSettings, dataset: str, out: Path, device: torch.device) -> _Models:
     data = dict(recipes.QUICK_DATASET if s.quick else recipes.DATASET)
     minutes = s.budget_minutes or (recipes.QUICK_BUDGET_MINUTES if s.quick else recipes.BUDGET_MINUTES)
-    plan = TrainingPlan(dataset, data, s.seed, minutes, s.classifier_epochs, s.tokenizer_steps, s.generator_steps)
+    plan = TrainingPlan(dataset, data, s.seed, minutes, s.classifier_epochs, s.teacher_epochs, s.tokenizer_steps,
+                        s.generator_steps)
     t = train_all(plan, out, device, s.progress)
     return _Models(t.data_dir, t.classifier_dir, t.generator_dir / "last", t.summaries, t.stage_seconds)
 

@@ -4,14 +4,14 @@ Stages, each in its own folder under OUT:
 
 1. ``data/``: a built-in dataset (``make_dataset``; train = stream 0, val = stream 1 of the seed);
 2. ``classifier/``: the judge (``train_classifier``), which only scores: no model is trained against it;
-3. ``teacher/``: a second classifier, same recipe, seed + ``recipes.TEACHER_SEED_OFFSET``: the tokenizer's frozen
-   semantic teacher and the network of its perceptual loss;
+3. ``teacher/``: a second classifier (``recipes.TEACHER``), seed + ``recipes.TEACHER_SEED_OFFSET``: the
+   tokenizer's frozen semantic teacher and the network of its perceptual loss;
 4. ``tokenizer/``: two branches of product-quantized multi-scale codes, quantizer dropout, the last branch
    regularised toward the teacher's features (``TokenizerTrainer``; ``tokenizer/last`` is used);
 5. ``codes.safetensors``: the training set tokenized once, as is and mirrored (``pretokenize``);
 6. ``generator/``: the class-conditional VAR model on those codes (``GeneratorTrainer``; ``generator/last``).
 
-Stopping rule per stage: a fixed count (``--classifier-epochs`` for both classifiers, ``--tokenizer-steps``,
+Stopping rule per stage: a fixed count (``--classifier-epochs``, ``--teacher-epochs``, ``--tokenizer-steps``,
 ``--generator-steps``; the lr schedule then spans about that many steps) or a share of the time budget
 (``StageClock``: each trainer gets its share of the time still left, so a stage that ends early leaves its time to
 the later ones; the trainer's lr schedule follows its clock).
@@ -41,6 +41,7 @@ class TrainingPlan:
     seed: int
     budget_minutes: float
     classifier_epochs: int | None = None  # fixed counts (None: the time budget decides)
+    teacher_epochs: int | None = None
     tokenizer_steps: int | None = None
     generator_steps: int | None = None
 
@@ -125,12 +126,13 @@ def train_all(plan: TrainingPlan, out: Path, device: torch.device, progress: boo
     res.summaries["dataset"] = {k: v for k, v in made.items() if k != "out"}
     n_train = made["train"]
 
-    c = recipes.CLASSIFIER
-    for stage, step, folder, seed, what in (
-            ("classifier", 2, res.classifier_dir, plan.seed, "judge classifier"),
-            ("teacher", 3, res.teacher_dir, plan.seed + recipes.TEACHER_SEED_OFFSET, "teacher classifier")):
-        if plan.classifier_epochs is not None:
-            epochs, budget = plan.classifier_epochs, None
+    for stage, step, folder, seed, what, c, count in (
+            ("classifier", 2, res.classifier_dir, plan.seed, "judge classifier", recipes.CLASSIFIER,
+             plan.classifier_epochs),
+            ("teacher", 3, res.teacher_dir, plan.seed + recipes.TEACHER_SEED_OFFSET, "teacher classifier",
+             recipes.TEACHER, plan.teacher_epochs)):
+        if count is not None:
+            epochs, budget = count, None
         else:
             epochs, budget = c["epochs"], clock.minutes_for(stage)
         announce(step, STAGES, f"{what} ({c['preset']}, seed {seed}): "
