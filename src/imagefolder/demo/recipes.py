@@ -57,7 +57,8 @@ GENERATOR: dict[str, Any] = {
 
 # 50 samples per class: 500 put the standard error of the sample accuracy near 0.02 (200: 0.035).
 # constant guidance: with the official ramp (no guidance at the first scales, where the shape is decided) the
-# shipped model's samples were recognised 0.42 of the time at cfg 3, with constant guidance 0.58 (docs/DESIGN.md)
+# previous shipped model's samples were recognised 0.42 of the time at cfg 3, with constant guidance 0.58 (6-epoch
+# judge, docs/DESIGN.md)
 SAMPLING: dict[str, Any] = {"per_class": 50, "cfg": 3.0, "cfg_schedule": "constant", "top_k": 0, "top_p": 0.95,
                             "seed": 0}
 RECONSTRUCTION_ROWS = 10      # validation images in reconstructions.png (spread over the classes)
