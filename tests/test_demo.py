@@ -123,7 +123,16 @@ def test_default_mode_on_the_shipped_assets(shipped, tmp_path, capsys):
         p = metrics[key]
         assert metrics[f"{key}_stderr"] == pytest.approx(math.sqrt(p * (1 - p) / n))
         assert f"{p:.3f} ± {metrics[key + '_stderr']:.3f}" in stdout
-    assert f"| `sample_class_accuracy` | {metrics['sample_class_accuracy']:.3f} ± " in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert f"| `sample_class_accuracy` | {metrics['sample_class_accuracy']:.3f} ± " in report
+    # completions of real pictures from each number of kept scales
+    from imagefolder.loading import load_generator
+    scales = len(load_generator(assets / "generator").patch_nums)
+    prefix = metrics["prefix_class_accuracy"]
+    assert list(prefix) == [str(k) for k in range(1, scales)] and metrics["prefix_images"] == metrics["val_images"]
+    assert all(0 <= a <= 1 for a in prefix.values())
+    assert "## Where recognisability is lost" in report and f"| 1 | {prefix['1']:.3f} ± " in report
+    assert f"| {scales} (reconstructions) |" in report
     # a second run replaces the first one's output
     assert main(["demo", "--assets", str(assets), "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
 

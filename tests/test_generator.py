@@ -93,6 +93,43 @@ def test_same_seed_same_image_for_any_batch_size(tiny_generator):
     assert not torch.allclose(batch4[1], batch4[2])
 
 
+def test_prefix_keeps_its_scales_and_samples_the_rest_with_the_same_draws(tiny_generator, ref):
+    gen = tiny_generator
+    real = gen.tokenizer.encode(ref["x"])
+    labels = ref["labels"]
+    _, free = gen.generate(labels, seed=4, top_k=16, return_codes=True)
+    for k in (1, 2):
+        _, kept = gen.generate(labels, seed=4, top_k=16, return_codes=True, prefix=[c[:k] for c in real])
+        for p in range(2):
+            for si in range(k):
+                assert torch.equal(kept[p][si], real[p][si])
+        # the later codes are drawn from the logits given the kept scales, with the draws of the free run
+        guided = gen.guided_logits(labels, kept, cfg=3.25)
+        for p in range(2):
+            for si in range(k, 4):
+                lg = guided[p][si]
+                rank = (lg > lg.gather(-1, kept[p][si].unsqueeze(-1))).sum(-1)
+                assert rank.max() < 16
+    _, same = gen.generate(labels, seed=4, top_k=16, return_codes=True, prefix=[c[:1] for c in free])
+    assert all(torch.equal(a, b) for p in range(2) for a, b in zip(same[p], free[p]))
+    whole = gen.generate(labels, seed=4, prefix=real)
+    torch.testing.assert_close(whole, (gen.tokenizer.decode(real).float() + 1) / 2, rtol=0, atol=1e-5)
+
+
+def test_bad_prefix_is_a_clear_error(tiny_generator, ref):
+    gen = tiny_generator
+    real = gen.tokenizer.encode(ref["x"])
+    labels = ref["labels"]
+    with pytest.raises(ValueError, match="2 branches"):
+        gen.generate(labels, prefix=real[:1])
+    with pytest.raises(ValueError, match="same number of scales"):
+        gen.generate(labels, prefix=[real[0][:2], real[1][:1]])
+    with pytest.raises(ValueError, match=r"prefix\[0\]\[1\] must be integer codes of shape \(2, 4\)"):
+        gen.generate(labels, prefix=[[real[0][0], real[0][1][:, :3]], real[1][:2]])
+    with pytest.raises(ValueError, match="outside"):
+        gen.generate(labels, prefix=[[real[0][0] + gen.V], real[1][:1]])
+
+
 def test_joint_sampling_runs_and_is_deterministic(tiny_generator):
     labels = torch.tensor([0, 3])
     a = tiny_generator.generate(labels, seed=5, top_k=16, joint_sample=True)
@@ -163,6 +200,9 @@ def test_our_generator_format_round_trip(tmp_path, tiny_generator, ref):
     tok = imf.load_tokenizer(out)
     torch.testing.assert_close(tok.reconstruct(ref["x"]), tiny_generator.tokenizer.reconstruct(ref["x"]),
                                rtol=0, atol=0)
+    # a tokenizer given with our checkpoint would be ignored: refused instead
+    with pytest.raises(imf.CheckpointError, match="carry their own tokenizer"):
+        imf.load_generator(out, tokenizer="tiny")
 
 
 def test_convert_var_checkpoint_round_trip(tmp_path, tiny_generator, ref):

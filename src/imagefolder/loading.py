@@ -114,6 +114,9 @@ def load_generator(spec: str | Path, *, tokenizer: TokenizerSpec | None = None) 
         meta = ours.read_config(path)
         if meta["kind"] != "generator":
             raise CheckpointError(f"{path}: holds a {meta['kind']!r}, not a generator")
+        if tokenizer is not None:
+            raise CheckpointError(f"{path}: our generator checkpoints carry their own tokenizer; a tokenizer is "
+                                  "only taken for a preset or an official VAR file")
         model = _empty(Generator, GeneratorConfig.from_dict(meta["config"]))
         ours.load_state_strict(model, ours.read_weights(path), str(path))
         return model.eval()

@@ -5,6 +5,9 @@ generated samples, on reconstructions and on the real validation images (the cei
 between samples and validation images in its 128-d feature space. The tokenizer is also measured directly: PSNR /
 SSIM of its reconstructions, the share of each finest-scale codebook its validation codes use, and a linear probe
 of each branch's quantized features (the semantically regularised branch should carry more class information).
+Where recognisability is lost along the scales: the judge's accuracy on images whose first k scales are the codes
+of real validation pictures and whose later scales the generator samples (k = 0 is plain sampling, k = all scales
+the reconstruction).
 
 Generator labels are the dataset's class folders in sorted order (what the trainers and ``ImageFolderDataset``
 use); the judge stores its class names, and they must be the same list.
@@ -80,6 +83,28 @@ def generate_samples(gen: Generator, per_class: int, progress: bool) -> tuple[to
 
 
 @torch.no_grad()
+def prefix_samples(gen: Generator, x_N3HW: torch.Tensor, labels_N: torch.Tensor, progress: bool
+                   ) -> dict[int, torch.Tensor]:
+    """For k = 1 .. scales - 1: images (N, 3, H, W) in [0, 1] that keep the first k scales of the codes of the real
+    pictures ``x`` (in [-1, 1]) and sample the rest for their labels (``recipes.SAMPLING``)."""
+    s = recipes.SAMPLING
+    device = gen.pos_1LC.device
+    ks = range(1, len(gen.patch_nums))
+    out: dict[int, list[torch.Tensor]] = {k: [] for k in ks}
+    with tqdm(total=len(x_N3HW) * len(ks), desc="sample from real scales", unit="img",
+              disable=None if progress else True) as bar:
+        for start in range(0, len(x_N3HW), BATCH):
+            x, labels = x_N3HW[start:start + BATCH].to(device), labels_N[start:start + BATCH].to(device)
+            codes = gen.tokenizer.encode(x)
+            for k in ks:
+                out[k].append(gen.generate(labels, cfg=s["cfg"], cfg_schedule=s["cfg_schedule"], top_k=s["top_k"],
+                                           top_p=s["top_p"], seed=s["seed"], indices=range(start, start + len(x)),
+                                           prefix=[branch[:k] for branch in codes]).cpu())
+                bar.update(len(x))
+    return {k: torch.cat(images) for k, images in out.items()}
+
+
+@torch.no_grad()
 def reconstruct(tok: Tokenizer, x_N3HW: torch.Tensor, progress: bool) -> tuple[torch.Tensor, dict[str, float]]:
     """Reconstructions (N, 3, H, W) in [0, 1], and PSNR / SSIM (means) and the finest-scale codebook usage
     (share of each branch's codebook that the codes use, averaged over branches)."""
@@ -112,6 +137,18 @@ def _branch_accuracies(probe: dict[str, Any], branches: int) -> tuple[str, float
     return semantic, probe[semantic], float(np.mean(others)) if others else math.nan
 
 
+def _judged(judge: DomainExtractor, x01_N3HW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The judge's features (N, D) and logits (N, K) of images in [0, 1]."""
+    feats, logits = zip(*(judge.features_and_logits(_uint8(x01_N3HW[i:i + BATCH]))
+                          for i in range(0, len(x01_N3HW), BATCH)))
+    return torch.cat(feats).cpu(), torch.cat(logits).cpu()
+
+
+def _stderr(acc: float, n: int) -> float:
+    """Binomial standard error of an accuracy over n images."""
+    return math.sqrt(acc * (1 - acc) / n)
+
+
 def _judge_metrics(judge: DomainExtractor, samples: tuple[torch.Tensor, torch.Tensor],
                    val: tuple[torch.Tensor, torch.Tensor], recons_N3HW: torch.Tensor,
                    notes: list[str]) -> dict[str, float]:
@@ -120,21 +157,18 @@ def _judge_metrics(judge: DomainExtractor, samples: tuple[torch.Tensor, torch.Te
     from ..metrics.evaluation import class_accuracy
     from ..metrics.fid import FeatureStats
 
-    def judged(x01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feats, logits = zip(*(judge.features_and_logits(_uint8(x01[i:i + BATCH])) for i in range(0, len(x01), BATCH)))
-        return torch.cat(feats).cpu(), torch.cat(logits).cpu()
-
     def stats(feat_ND: torch.Tensor) -> FeatureStats:
         return FeatureStats.from_features(feat_ND, judge.feature_space, judge.weights_sha256)
 
-    (f_samples, l_samples), (f_val, l_val), (f_recon, l_recon) = (judged(x) for x in (samples[0], val[0], recons_N3HW))
+    (f_samples, l_samples), (f_val, l_val), (f_recon, l_recon) = (_judged(judge, x)
+                                                                  for x in (samples[0], val[0], recons_N3HW))
     metrics: dict[str, float] = {}
     for key, logits, labels in (("sample_class_accuracy", l_samples, samples[1]),
                                 ("reconstruction_class_accuracy", l_recon, val[1]),
                                 ("val_class_accuracy", l_val, val[1])):
         acc = class_accuracy(logits, labels.numpy())
         metrics[key] = acc
-        metrics[f"{key}_stderr"] = math.sqrt(acc * (1 - acc) / len(labels))  # binomial standard error
+        metrics[f"{key}_stderr"] = _stderr(acc, len(labels))
     for key, feats in (("domain_fid", f_samples), ("reconstruction_domain_fid", f_recon)):
         n = min(len(feats), len(f_val))
         if n <= feats.shape[1]:
@@ -177,6 +211,14 @@ def evaluate(gen: Generator, judge_dir: Path, data_dir: Path, device: torch.devi
     metrics: dict[str, Any] = _judge_metrics(judge, (samples, sample_y), (val01, val_y), recons, notes)
     metrics.update(tokenizer_val_psnr=quality["psnr"], tokenizer_val_ssim=quality["ssim"],
                    codebook_usage_finest=quality["usage_finest"])
+
+    from ..metrics.evaluation import class_accuracy
+    spread = torch.linspace(0, len(val_x) - 1, min(recipes.PREFIX_IMAGES, len(val_x))).round().long()
+    prefixed = prefix_samples(gen, val_x[spread], val_y[spread], progress)
+    accs = {k: class_accuracy(_judged(judge, images)[1], val_y[spread].numpy()) for k, images in prefixed.items()}
+    metrics.update(prefix_class_accuracy={str(k): a for k, a in accs.items()},
+                   prefix_class_accuracy_stderr={str(k): _stderr(a, len(spread)) for k, a in accs.items()},
+                   prefix_images=len(spread))
 
     probe = probe_tokenizer(tok, (train_x, train_y), (val_x, val_y), num_classes=len(classes), progress=progress)
     semantic, sem_acc, detail_acc = _branch_accuracies(probe, tok.num_branches)

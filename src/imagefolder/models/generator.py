@@ -300,15 +300,19 @@ class Generator(nn.Module):
     @torch.no_grad()
     def generate(self, labels_B, *, cfg: float = 3.25, top_k: int = 750, top_p: float = 0.95,
                  seed: int | None = 0, indices=None, cfg_schedule: str = "linear", joint_sample: bool = False,
-                 dtype: torch.dtype = torch.float32, return_codes: bool = False):
+                 dtype: torch.dtype = torch.float32, return_codes: bool = False, prefix: Codes | None = None):
         """Class-conditional samples (B, 3, H, W) in [0, 1].
 
         ``seed`` with ``indices`` (global image numbers, default 0..B-1) fixes each image independently of the
         batch it is sampled in. ``dtype`` bfloat16/float16 runs under autocast; float32 is exact.
         With ``return_codes`` also returns the sampled codes[branch][scale].
+        ``prefix``: codes[branch][scale] of the first k scales (e.g. ``tokenizer.encode(x)`` cut to k scales) to
+        keep instead of sampling them; the later scales are sampled given them, with the same random draws as
+        without a prefix. k = 0 is plain sampling, k = K decodes the prefix.
         """
         labels_B = self._labels(labels_B)
         B = labels_B.shape[0]
+        kept = self._check_prefix(prefix, B)
         indices = list(range(B)) if indices is None else [int(i) for i in indices]
         if len(indices) != B:
             raise ValueError(f"got {len(indices)} indices for {B} labels")
@@ -319,8 +323,9 @@ class Generator(nn.Module):
 
         def choose(si, guided):
             l = guided[0].shape[1]
-            u = rng.uniform(self.P, l, device=guided[0].device)
-            idx = sample_branches(guided, u, top_k=top_k, top_p=top_p, joint=joint_sample)
+            u = rng.uniform(self.P, l, device=guided[0].device)  # drawn for kept scales too: same later draws
+            idx = ([prefix[p][si].to(u.device) for p in range(self.P)] if si < kept else
+                   sample_branches(guided, u, top_k=top_k, top_p=top_p, joint=joint_sample))
             for p in range(self.P):
                 codes[p].append(idx[p])
             return idx
@@ -330,6 +335,26 @@ class Generator(nn.Module):
             img = self.tokenizer.fhat_to_img(f_hat)
         img = img.float().add(1).mul(0.5)
         return (img, codes) if return_codes else img
+
+    def _check_prefix(self, prefix: Codes | None, B: int) -> int:
+        """The number of scales ``prefix`` fixes, after checking its layout against the model's."""
+        if prefix is None:
+            return 0
+        if len(prefix) != self.P:
+            raise ValueError(f"prefix must hold codes of {self.P} branches, got {len(prefix)}")
+        k = len(prefix[0])
+        if any(len(branch) != k for branch in prefix) or k > len(self.patch_nums):
+            raise ValueError(f"prefix must give every branch the same number of scales (at most "
+                             f"{len(self.patch_nums)}), got {[len(branch) for branch in prefix]}")
+        for p, branch in enumerate(prefix):
+            for si, idx in enumerate(branch):
+                pn = self.patch_nums[si]
+                if tuple(idx.shape) != (B, pn * pn) or idx.dtype not in (torch.int32, torch.int64):
+                    raise ValueError(f"prefix[{p}][{si}] must be integer codes of shape ({B}, {pn * pn}), got "
+                                     f"{idx.dtype} {tuple(idx.shape)}")
+                if idx.numel() and (idx.min() < 0 or idx.max() >= self.V):
+                    raise ValueError(f"prefix[{p}][{si}] holds codes outside [0, {self.V - 1}]")
+        return k
 
     @torch.no_grad()
     def guided_logits(self, labels_B, codes: Codes, *, cfg: float = 3.25, cfg_schedule: str = "linear",
