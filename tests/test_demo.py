@@ -16,7 +16,7 @@ from imagefolder.demo.training import StageClock
 
 REQUIRED = ("sample_class_accuracy", "reconstruction_class_accuracy", "domain_fid", "tokenizer_val_psnr",
             "codebook_usage_finest", "probe_acc_semantic_branch", "probe_acc_detail_branch", "wall_time_s")
-COMMON_FILES = ("samples.png", "reconstructions.png", "report.md", "metrics.json")
+COMMON_FILES = ("samples.png", "reconstructions.png", "completions.png", "report.md", "metrics.json")
 
 # test-sized recipes: 16 px, one-block models, 13 pictures per class (more samples and val images than the
 # judge's 128 features, so FID is defined)

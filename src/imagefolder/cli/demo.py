@@ -14,7 +14,8 @@ time still left (the shares are below; the rest is for data, codes and evaluatio
 (with its tokenizer) and classifier into --assets, replacing the shipped demo model.
 
 Output in OUT (default runs/demo, replaced by the next demo run): samples.png (one row per class),
-reconstructions.png (per-scale progression), loss_curves.png (--train), metrics.json, report.md; --train also
+reconstructions.png (per-scale progression), completions.png (the generator completing validation pictures from
+their first 0, 1, ... scales), loss_curves.png (--train), metrics.json, report.md; --train also
 keeps the data, the checkpoints and the training logs there.
 """
 from __future__ import annotations

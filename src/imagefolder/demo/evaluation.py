@@ -42,6 +42,7 @@ class EvalImages:
     sample_labels_N: torch.Tensor
     originals_B3HW: torch.Tensor   # the validation images of the progression, in [0, 1]
     steps: list[torch.Tensor]      # K reconstructions of them, after 1, 2, ..., K scales, in [0, 1]
+    completions: list[torch.Tensor]  # K + 1 generator completions of them keeping 0, 1, ..., K scales, in [0, 1]
     row_labels: list[str]          # the class name of each progression row
 
 
@@ -102,6 +103,16 @@ def prefix_samples(gen: Generator, x_N3HW: torch.Tensor, labels_N: torch.Tensor,
                                            prefix=[branch[:k] for branch in codes]).cpu())
                 bar.update(len(x))
     return {k: torch.cat(images) for k, images in out.items()}
+
+
+@torch.no_grad()
+def completion_columns(gen: Generator, x_B3HW: torch.Tensor, labels_B: torch.Tensor) -> list[torch.Tensor]:
+    """The pictures x (in [-1, 1]) completed by the generator from their first 0, 1, ..., K scales, in [0, 1]."""
+    s = recipes.SAMPLING
+    codes = gen.tokenizer.encode(x_B3HW)
+    return [gen.generate(labels_B, cfg=s["cfg"], cfg_schedule=s["cfg_schedule"], top_k=s["top_k"], top_p=s["top_p"],
+                         seed=s["seed"], prefix=[branch[:k] for branch in codes]).cpu()
+            for k in range(len(gen.patch_nums) + 1)]
 
 
 @torch.no_grad()
@@ -228,7 +239,9 @@ def evaluate(gen: Generator, judge_dir: Path, data_dir: Path, device: torch.devi
 
     rows = _one_per_class(val_y, recipes.RECONSTRUCTION_ROWS)
     steps = [((s.float() + 1) / 2).cpu() for s in tok.reconstruct_per_scale(val_x[rows].to(device))]
-    return metrics, EvalImages(samples, sample_y, val01[rows], steps, [classes[int(val_y[i])] for i in rows])
+    completions = completion_columns(gen, val_x[rows].to(device), val_y[rows].to(device))
+    return metrics, EvalImages(samples, sample_y, val01[rows], steps, completions,
+                               [classes[int(val_y[i])] for i in rows])
 
 
 def _one_per_class(labels_N: torch.Tensor, rows: int) -> list[int]:

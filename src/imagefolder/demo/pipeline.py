@@ -6,7 +6,8 @@
   within a time budget or fixed step counts, then optionally shipped as the new demo model.
 
 Both then sample every class, reconstruct validation images, evaluate (``evaluation.evaluate``) and write
-OUT/samples.png, OUT/reconstructions.png, OUT/loss_curves.png (train mode), OUT/metrics.json and OUT/report.md.
+OUT/samples.png, OUT/reconstructions.png, OUT/completions.png, OUT/loss_curves.png (train mode), OUT/metrics.json
+and OUT/report.md.
 OUT is the demo's own: it must be empty, missing or an earlier demo output (marked by ``MARKER``), which is
 cleared first.
 """
@@ -143,10 +144,16 @@ def _pictures(out: Path, gen: Generator, images: EvalImages, classes: list[str],
     from ..viz import save_png
     from .plots import progression_figure, samples_grid
     save_png(samples_grid(images.samples_N3HW, images.sample_labels_N, classes, per_row=10), out / "samples.png")
-    save_png(progression_figure(images.originals_B3HW, images.steps, gen.tokenizer.v_patch_nums, images.row_labels),
+    sides = gen.tokenizer.v_patch_nums
+    save_png(progression_figure(images.originals_B3HW, images.steps, [f"{s}x{s}" for s in sides], images.row_labels),
              out / "reconstructions.png")
+    save_png(progression_figure(images.originals_B3HW, images.completions,
+                                [f"keep {k}" for k in range(len(sides) + 1)], images.row_labels),
+             out / "completions.png")
     written = {"Samples (one row per class)": "samples.png",
-               "Reconstructions (original, then after 1, 2, ... scales)": "reconstructions.png"}
+               "Reconstructions (original, then after 1, 2, ... scales)": "reconstructions.png",
+               "Completions (original, then the generator's completion of it from its first 0, 1, ... scales)":
+               "completions.png"}
     figure = _curves(out, summaries) if curves else None
     if figure is not None:
         save_png(figure, out / "loss_curves.png")

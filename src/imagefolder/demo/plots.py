@@ -66,16 +66,17 @@ def samples_grid(samples_N3HW: torch.Tensor, labels_N: torch.Tensor, class_names
     return add_row_labels(grid, class_names, (samples_N3HW.shape[-2] + PADDING) * scale, top=PADDING * scale // 2)
 
 
-def progression_figure(originals_B3HW: torch.Tensor, steps: Sequence[torch.Tensor], scale_sides: Sequence[int],
+def progression_figure(originals_B3HW: torch.Tensor, steps: Sequence[torch.Tensor], column_labels: Sequence[str],
                        row_labels: Sequence[str]) -> Image.Image:
-    """Per row: a validation image, then its reconstruction from the first 1, 2, ..., K scales."""
+    """Per row: a validation image, then one image per entry of ``steps`` (e.g. its reconstruction from the first
+    1, 2, ..., K scales), the columns titled ``column_labels``."""
     columns = [originals_B3HW, *steps]
     cells = torch.stack(columns, dim=1).flatten(0, 1)
     scale = _scale_for(originals_B3HW)
     grid = _upscaled(to_pil(make_grid(cells.float(), nrow=len(columns), padding=PADDING, pad_value=1.0)), scale)
     cell = (originals_B3HW.shape[-1] + PADDING) * scale
     plain_height = grid.height
-    grid = add_column_labels(grid, ["original", *(f"{s}x{s}" for s in scale_sides)], cell_width=cell)
+    grid = add_column_labels(grid, ["original", *column_labels], cell_width=cell)
     return add_row_labels(grid, row_labels, cell, top=grid.height - plain_height + PADDING * scale // 2)
 
 

@@ -161,8 +161,9 @@ def _prefix_table(metrics: dict[str, Any], scales: int) -> list[str]:
     return [
         "## Where recognisability is lost", "",
         f"The generator completes {metrics['prefix_images']} validation pictures: it keeps the codes of their first "
-        "k scales and samples the later ones for their class. The judge's accuracy rises from the samples' to the "
-        "reconstructions' as k grows; the scales where it jumps are the ones the generator fails to predict.", "",
+        "k scales and samples the later ones for their class. k = 0 gives the samples' accuracy, all scales the "
+        "reconstructions'. A large rise from k to k + 1 kept scales means that the generator's own scale k + 1 "
+        "loses what the real one carries.", "",
         "| scales kept from the real picture | judge accuracy |", "| --- | ---: |",
         *(f"| {k} | {acc} |" for k, acc in rows), "",
     ]
