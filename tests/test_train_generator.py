@@ -96,6 +96,10 @@ def test_resume_continues_bit_identically(env, tmp_path):
         assert all(torch.equal(v, b["models"][part][k]) for k, v in a["models"][part].items())
     assert all(torch.equal(v, b["models"]["ema"]["shadow"][k]) for k, v in a["models"]["ema"]["shadow"].items())
     assert losses(tmp_path / "straight") == losses(tmp_path / "split")
+    # a resume checkpoint is not a model: loading it says where the model is
+    for load in (imf.load_generator, imf.load_tokenizer):
+        with pytest.raises(imf.CheckpointError, match="training checkpoint .* step 6.*last/ or best/"):
+            load(Checkpoints(tmp_path / "split").latest())
 
 
 def test_num_classes_defaults_to_the_data(env, tmp_path):

@@ -23,6 +23,9 @@ FORMAT, VERSION = "imagefolder", 1
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 
 
+TRAIN_FORMAT = "imagefolder-train"   # the "format" of a trainer's resume checkpoint (train/engine.py)
+
+
 def _umask() -> int:
     """The process umask (read by setting and restoring it: the only portable way)."""
     mask = os.umask(0o022)

@@ -61,7 +61,7 @@ def load_tokenizer(spec: TokenizerSpec, *, config: TokenizerConfig | None = None
         return model.eval()
     if not path.exists():
         raise CheckpointError(f"no such checkpoint or preset: {spec!s} (presets: {', '.join(sorted(TOKENIZER_PRESETS))})")
-    return _tokenizer_from_official(safe_torch_load(path), str(path), config)
+    return _tokenizer_from_official(_not_training_state(safe_torch_load(path), path), str(path), config)
 
 
 _SHAPE_HINT = ("The file's args describe the tokenizer only partly (official models are 256 px ViT-B); pass its "
@@ -122,7 +122,16 @@ def load_generator(spec: str | Path, *, tokenizer: TokenizerSpec | None = None) 
         return model.eval()
     if not path.exists():
         raise CheckpointError(f"no such checkpoint or preset: {spec!s} (presets: {', '.join(sorted(GENERATOR_PRESETS))})")
-    return _generator_from_official(safe_torch_load(path), str(path), tokenizer)
+    return _generator_from_official(_not_training_state(safe_torch_load(path), path), str(path), tokenizer)
+
+
+def _not_training_state(ckpt: Any, path: Path) -> Any:
+    """``ckpt``, unless it is one of our trainers' resume checkpoints, which holds no loadable model."""
+    if isinstance(ckpt, dict) and ckpt.get("format") == ours.TRAIN_FORMAT:
+        raise CheckpointError(f"{path}: a {ckpt.get('kind', '')} training checkpoint (training state for resuming, "
+                              f"step {ckpt.get('step', '?')}), not a model: load the run's last/ or best/ folder "
+                              "(written next to checkpoints/), or resume training from it")
+    return ckpt
 
 
 def _generator_from_official(ckpt: Any, where: str, tokenizer: TokenizerSpec | None) -> Generator:

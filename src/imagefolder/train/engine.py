@@ -24,14 +24,13 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ..checkpoint import TRAIN_FORMAT
 from ..data.folder import Batch, collate_skip_bad
 from ..distributed import DistInfo, all_gather_object
 from .logger import RunLogger
 from .optim import lr_factor, set_lr
 from .sampler import ResumableSampler
 from .state import Checkpoints, load_train_state, rng_state, set_rng_state
-
-TRAIN_FORMAT = "imagefolder-train"
 
 
 class TrainingError(RuntimeError):
