@@ -66,19 +66,22 @@ def _uint8(x01_B3HW: torch.Tensor) -> torch.Tensor:
     return x01_B3HW.clamp(0, 1).mul(255).round().to(torch.uint8)
 
 
+def _sampling() -> dict[str, Any]:
+    """``Generator.generate`` keyword arguments of the demo's sampling recipe."""
+    return {k: recipes.SAMPLING[k] for k in ("cfg", "cfg_schedule", "top_k", "top_p", "seed")}
+
+
 @torch.no_grad()
 def generate_samples(gen: Generator, per_class: int, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """``per_class`` samples of every class, in class order; image i is drawn from the stream (seed, i)."""
-    s = recipes.SAMPLING
     labels_N = torch.arange(gen.num_classes).repeat_interleave(per_class)
     device = gen.pos_1LC.device
     out = []
     with tqdm(total=len(labels_N), desc="sample", unit="img", disable=None if progress else True) as bar:
         for start in range(0, len(labels_N), BATCH):
             labels = labels_N[start:start + BATCH]
-            out.append(gen.generate(labels.to(device), cfg=s["cfg"], cfg_schedule=s["cfg_schedule"],
-                                    top_k=s["top_k"], top_p=s["top_p"], seed=s["seed"],
-                                    indices=range(start, start + len(labels))).cpu())
+            out.append(gen.generate(labels.to(device), indices=range(start, start + len(labels)),
+                                    **_sampling()).cpu())
             bar.update(len(labels))
     return torch.cat(out), labels_N
 
@@ -88,7 +91,6 @@ def prefix_samples(gen: Generator, x_N3HW: torch.Tensor, labels_N: torch.Tensor,
                    ) -> dict[int, torch.Tensor]:
     """For k = 1 .. scales - 1: images (N, 3, H, W) in [0, 1] that keep the first k scales of the codes of the real
     pictures ``x`` (in [-1, 1]) and sample the rest for their labels (``recipes.SAMPLING``)."""
-    s = recipes.SAMPLING
     device = gen.pos_1LC.device
     ks = range(1, len(gen.patch_nums))
     out: dict[int, list[torch.Tensor]] = {k: [] for k in ks}
@@ -98,9 +100,8 @@ def prefix_samples(gen: Generator, x_N3HW: torch.Tensor, labels_N: torch.Tensor,
             x, labels = x_N3HW[start:start + BATCH].to(device), labels_N[start:start + BATCH].to(device)
             codes = gen.tokenizer.encode(x)
             for k in ks:
-                out[k].append(gen.generate(labels, cfg=s["cfg"], cfg_schedule=s["cfg_schedule"], top_k=s["top_k"],
-                                           top_p=s["top_p"], seed=s["seed"], indices=range(start, start + len(x)),
-                                           prefix=[branch[:k] for branch in codes]).cpu())
+                out[k].append(gen.generate(labels, indices=range(start, start + len(x)),
+                                           prefix=[branch[:k] for branch in codes], **_sampling()).cpu())
                 bar.update(len(x))
     return {k: torch.cat(images) for k, images in out.items()}
 
@@ -108,10 +109,8 @@ def prefix_samples(gen: Generator, x_N3HW: torch.Tensor, labels_N: torch.Tensor,
 @torch.no_grad()
 def completion_columns(gen: Generator, x_B3HW: torch.Tensor, labels_B: torch.Tensor) -> list[torch.Tensor]:
     """The pictures x (in [-1, 1]) completed by the generator from their first 0, 1, ..., K scales, in [0, 1]."""
-    s = recipes.SAMPLING
     codes = gen.tokenizer.encode(x_B3HW)
-    return [gen.generate(labels_B, cfg=s["cfg"], cfg_schedule=s["cfg_schedule"], top_k=s["top_k"], top_p=s["top_p"],
-                         seed=s["seed"], prefix=[branch[:k] for branch in codes]).cpu()
+    return [gen.generate(labels_B, prefix=[branch[:k] for branch in codes], **_sampling()).cpu()
             for k in range(len(gen.patch_nums) + 1)]
 
 
