@@ -13,7 +13,7 @@ import sys
 from ..config import ConfigError
 from ..official import CheckpointError
 
-SUBCOMMANDS = ("demo", "reconstruct", "sample", "convert", "make-dataset", "train-tokenizer", "train-classifier",
+SUBCOMMANDS = ("demo", "reconstruct", "sample", "complete", "convert", "make-dataset", "train-tokenizer", "train-classifier",
                "evaluate", "probe", "train-generator", "pretokenize")
 
 

@@ -1,0 +1,124 @@
+"""``imagefolder complete``: the generator completes given pictures from their first scales.
+
+Each picture is centre-cropped to the tokenizer's size and tokenized. The codes of its first --keep-scales scales
+are kept, and the generator samples the later scales for the class given with --classes, --num times with
+different random streams. Few kept scales keep the layout and colours and redraw the rest; a class other than the
+picture's own edits it toward that class at the kept layout (zero-shot class editing, along scales instead of
+regions). It also shows where a generator goes wrong: if completions from k real scales are already off, the
+generator fails at the scales after k.
+
+Writes OUT (a PNG): one row per picture with the picture, its reconstruction (every scale kept), then the
+completions. Image i of completion column j uses the random stream (seed, j * pictures + i).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from . import HelpFormatter, UsageError
+from .reconstruct import _device
+from .sample import DTYPES, parse_classes
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "complete", help="complete pictures from their first scales with the generator (variations, class edits)",
+        description=__doc__.replace("``", ""), formatter_class=HelpFormatter)
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="picture files, or folders whose pictures are all taken (sorted by path)")
+    p.add_argument("--generator", required=True, metavar="CKPT",
+                   help="official VAR .pt file, one of our generator directories, or a preset name")
+    p.add_argument("--tokenizer", metavar="SPEC",
+                   help="only for VAR files whose args do not describe their tokenizer: a tokenizer checkpoint, "
+                        "directory or preset giving its shape")
+    p.add_argument("--classes", required=True, metavar="LIST",
+                   help="the class to complete each picture as: one id for all, or one per picture in order "
+                        "(e.g. '3' or '1,1,7' or '0-2')")
+    p.add_argument("--keep-scales", type=int, metavar="K",
+                   help="scales taken from the picture (0 = plain samples, all = the reconstruction); default: "
+                        "half of the generator's scales")
+    p.add_argument("--num", type=int, default=4, metavar="N", help="completions per picture")
+    p.add_argument("--cfg", type=float, default=3.25, help="classifier-free guidance strength")
+    p.add_argument("--cfg-schedule", choices=("linear", "constant"), default="linear",
+                   help="linear: the official ramp cfg * si / (K - 1) over scales; constant: cfg at every scale")
+    p.add_argument("--top-k", type=int, default=750, help="keep the k most likely codes per branch; 0 = all")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass per branch; 0 or 1 = off")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random streams")
+    p.add_argument("--batch-size", type=int, default=16, metavar="N", help="pictures per forward pass")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
+                   help="float32 is exact; bfloat16/float16 run the generator under autocast")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run")
+    p.add_argument("--out", type=Path, default=Path("completions.png"), metavar="PNG", help="the figure to write")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+
+
+def _pictures(specs: list[str]) -> list[Path]:
+    from ..data.images import find_images
+    paths: list[Path] = []
+    for spec in specs:
+        path = Path(spec)
+        if path.is_dir():
+            found = find_images(path)
+            if not found:
+                raise UsageError(f"{path}: no pictures in this folder")
+            paths += found
+        elif path.exists():
+            paths.append(path)
+        else:
+            raise FileNotFoundError(f"{path}: no such file or folder")
+    return paths
+
+
+@torch.no_grad()
+def run(args) -> int:
+    from ..data.images import load_image
+    from ..loading import load_generator
+    from ..viz import progression_grid, save_png
+
+    if args.num < 1 or args.batch_size < 1:
+        raise UsageError("--num and --batch-size must be at least 1")
+    paths = _pictures(args.images)
+    device = _device(args.device)
+    gen = load_generator(args.generator, tokenizer=args.tokenizer).to(device)
+    scales = len(gen.patch_nums)
+    keep = scales // 2 if args.keep_scales is None else args.keep_scales
+    if not 0 <= keep <= scales:
+        raise UsageError(f"--keep-scales must be in 0..{scales} (this generator has {scales} scales), got {keep}")
+    labels = parse_classes(args.classes, gen.num_classes)
+    if len(labels) == 1:
+        labels = labels * len(paths)
+    if len(labels) != len(paths):
+        raise UsageError(f"--classes gives {len(labels)} classes for {len(paths)} pictures: give one for all or "
+                         "one per picture")
+    x = torch.stack([load_image(p, gen.tokenizer.config.image_size) for p in paths])
+    n = len(paths)
+    pictures, recons, columns = [], [], [[] for _ in range(args.num)]
+    with tqdm(total=n * args.num, desc=f"complete from {keep} scales", unit="img",
+              disable=True if args.no_progress else None) as bar:
+        for start in range(0, n, args.batch_size):
+            xb = x[start:start + args.batch_size].to(device)
+            yb = torch.tensor(labels[start:start + args.batch_size], device=device)
+            codes = gen.tokenizer.encode(xb)
+            pictures.append((xb.cpu() + 1) / 2)
+            recons.append((gen.tokenizer.decode(codes).float().cpu() + 1) / 2)
+            prefix = [branch[:keep] for branch in codes]
+            for j, column in enumerate(columns):
+                column.append(gen.generate(
+                    yb, prefix=prefix, cfg=args.cfg, cfg_schedule=args.cfg_schedule, top_k=args.top_k,
+                    top_p=args.top_p, seed=args.seed, indices=range(j * n + start, j * n + start + len(xb)),
+                    dtype=DTYPES[args.dtype]).cpu())
+                bar.update(len(xb))
+    scale = max(1, 96 // x.shape[-1])  # small pictures are drawn larger (nearest neighbour) to stay readable
+
+    def cells(parts: list[torch.Tensor]) -> torch.Tensor:
+        return torch.nn.functional.interpolate(torch.cat(parts), scale_factor=scale, mode="nearest")
+
+    figure = progression_grid(cells(pictures), [cells(recons), *(cells(c) for c in columns)],
+                              labels=["in", "all", *(str(j + 1) for j in range(args.num))])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_png(figure, args.out)
+    print(f"{n} pictures completed {args.num} times each from their first {keep} of {scales} scales: {args.out}")
+    return 0
