@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from . import HelpFormatter, UsageError
 from .reconstruct import _device
-from .sample import DTYPES, parse_classes
+from .sample import DTYPES, add_sampling_options, parse_classes
 
 
 def add_parser(sub) -> None:
@@ -40,11 +40,7 @@ def add_parser(sub) -> None:
                    help="scales taken from the picture (0 = plain samples, all = the reconstruction); default: "
                         "half of the generator's scales")
     p.add_argument("--num", type=int, default=4, metavar="N", help="completions per picture")
-    p.add_argument("--cfg", type=float, default=3.25, help="classifier-free guidance strength")
-    p.add_argument("--cfg-schedule", choices=("linear", "constant"), default="linear",
-                   help="linear: the official ramp cfg * si / (K - 1) over scales; constant: cfg at every scale")
-    p.add_argument("--top-k", type=int, default=750, help="keep the k most likely codes per branch; 0 = all")
-    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass per branch; 0 or 1 = off")
+    add_sampling_options(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the random streams")
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="pictures per forward pass")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="float32",

@@ -30,6 +30,15 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 GRID_MAX = 64
 
 
+def add_sampling_options(p) -> None:
+    """--cfg, --cfg-schedule, --top-k, --top-p with the paper's settings as defaults (also used by complete)."""
+    p.add_argument("--cfg", type=float, default=3.25, help="classifier-free guidance strength")
+    p.add_argument("--cfg-schedule", choices=("linear", "constant"), default="linear",
+                   help="linear: the official ramp cfg * si / (K - 1) over scales; constant: cfg at every scale")
+    p.add_argument("--top-k", type=int, default=750, help="keep the k most likely codes per branch; 0 = all")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass per branch; 0 or 1 = off")
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "sample", help="class-conditional samples from a generator: PNGs, a grid, optional .npz",
@@ -45,11 +54,7 @@ def add_parser(sub) -> None:
     p.add_argument("--all-classes", action="store_true",
                    help="every class of the generator, in order (give this or --classes)")
     p.add_argument("--per-class", type=int, default=1, metavar="N", help="samples per class")
-    p.add_argument("--cfg", type=float, default=3.25, help="classifier-free guidance strength")
-    p.add_argument("--cfg-schedule", choices=("linear", "constant"), default="linear",
-                   help="linear: the official ramp cfg * si / (K - 1) over scales; constant: cfg at every scale")
-    p.add_argument("--top-k", type=int, default=750, help="keep the k most likely codes per branch; 0 = all")
-    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass per branch; 0 or 1 = off")
+    add_sampling_options(p)
     p.add_argument("--joint-sample", action="store_true",
                    help="draw both branches of a position from their joint (product) distribution with one random "
                         "number, as the official joint mode (otherwise one random number per branch)")
