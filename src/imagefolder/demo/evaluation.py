@@ -87,12 +87,11 @@ def generate_samples(gen: Generator, per_class: int, progress: bool) -> tuple[to
 
 
 @torch.no_grad()
-def prefix_samples(gen: Generator, x_N3HW: torch.Tensor, labels_N: torch.Tensor, progress: bool
+def prefix_samples(gen: Generator, x_N3HW: torch.Tensor, labels_N: torch.Tensor, ks: range, progress: bool
                    ) -> dict[int, torch.Tensor]:
-    """For k = 1 .. scales - 1: images (N, 3, H, W) in [0, 1] that keep the first k scales of the codes of the real
+    """For each k of ``ks``: images (N, 3, H, W) in [0, 1] that keep the first k scales of the codes of the real
     pictures ``x`` (in [-1, 1]) and sample the rest for their labels (``recipes.SAMPLING``)."""
     device = gen.pos_1LC.device
-    ks = range(1, len(gen.patch_nums))
     out: dict[int, list[torch.Tensor]] = {k: [] for k in ks}
     with tqdm(total=len(x_N3HW) * len(ks), desc="sample from real scales", unit="img",
               disable=None if progress else True) as bar:
@@ -104,14 +103,6 @@ def prefix_samples(gen: Generator, x_N3HW: torch.Tensor, labels_N: torch.Tensor,
                                            prefix=[branch[:k] for branch in codes], **_sampling()).cpu())
                 bar.update(len(x))
     return {k: torch.cat(images) for k, images in out.items()}
-
-
-@torch.no_grad()
-def completion_columns(gen: Generator, x_B3HW: torch.Tensor, labels_B: torch.Tensor) -> list[torch.Tensor]:
-    """The pictures x (in [-1, 1]) completed by the generator from their first 0, 1, ..., K scales, in [0, 1]."""
-    codes = gen.tokenizer.encode(x_B3HW)
-    return [gen.generate(labels_B, prefix=[branch[:k] for branch in codes], **_sampling()).cpu()
-            for k in range(len(gen.patch_nums) + 1)]
 
 
 @torch.no_grad()
@@ -224,7 +215,7 @@ def evaluate(gen: Generator, judge_dir: Path, data_dir: Path, device: torch.devi
 
     from ..metrics.evaluation import class_accuracy
     spread = torch.linspace(0, len(val_x) - 1, min(recipes.PREFIX_IMAGES, len(val_x))).round().long()
-    prefixed = prefix_samples(gen, val_x[spread], val_y[spread], progress)
+    prefixed = prefix_samples(gen, val_x[spread], val_y[spread], range(1, len(gen.patch_nums)), progress)
     accs = {k: class_accuracy(_judged(judge, images)[1], val_y[spread].numpy()) for k, images in prefixed.items()}
     metrics.update(prefix_class_accuracy={str(k): a for k, a in accs.items()},
                    prefix_class_accuracy_stderr={str(k): _stderr(a, len(spread)) for k, a in accs.items()},
@@ -238,8 +229,8 @@ def evaluate(gen: Generator, judge_dir: Path, data_dir: Path, device: torch.devi
 
     rows = _one_per_class(val_y, recipes.RECONSTRUCTION_ROWS)
     steps = [((s.float() + 1) / 2).cpu() for s in tok.reconstruct_per_scale(val_x[rows].to(device))]
-    completions = completion_columns(gen, val_x[rows].to(device), val_y[rows].to(device))
-    return metrics, EvalImages(samples, sample_y, val01[rows], steps, completions,
+    completions = prefix_samples(gen, val_x[rows], val_y[rows], range(len(gen.patch_nums) + 1), progress=False)
+    return metrics, EvalImages(samples, sample_y, val01[rows], steps, list(completions.values()),
                                [classes[int(val_y[i])] for i in rows])
 
 
