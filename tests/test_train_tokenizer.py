@@ -150,8 +150,10 @@ def test_official_config_is_accepted_and_unknown_keys_are_named():
     assert (model.codebook_size, model.num_latent_tokens, model.v_patch_nums[-1], model.half_sem) == (4096, 121, 11, True)
     with pytest.raises(ConfigError, match=r"codebok_size \(did you mean codebook_size\?\)"):
         load_options(TokenizerTrainOptions, TOKENIZER_ACCEPTED_ONLY, None, {"codebok_size": 8})
-    with pytest.raises(ConfigError, match="enc_type"):
-        load_options(TokenizerTrainOptions, TOKENIZER_ACCEPTED_ONLY, None, {"enc_type": "cnn"})
+    with pytest.raises(ConfigError, match="enc_type must be 'dinov2'"):
+        load_options(TokenizerTrainOptions, TOKENIZER_ACCEPTED_ONLY, None, {"enc_type": "unet"})
+    with pytest.raises(ConfigError, match="lfq: only False"):
+        load_options(TokenizerTrainOptions, TOKENIZER_ACCEPTED_ONLY, None, {"lfq": True})
     with pytest.raises(ConfigError, match="disc_type"):
         load_options(TokenizerTrainOptions, TOKENIZER_ACCEPTED_ONLY, None, {"disc_type": "unet"})
     with pytest.raises(ConfigError, match="perceptual_net must be lpips or classifier:DIR"):

@@ -22,14 +22,17 @@ def _check(cond: bool, msg: str) -> None:
 
 @dataclass
 class TokenizerConfig:
-    """The ImageFolder tokenizer: ViT encoder with latent tokens, P multi-scale residual quantizers, ViT decoder."""
+    """The ImageFolder tokenizer: an encoder (ViT with latent tokens, or the authors' conv network), P multi-scale
+    residual quantizers (product quantization: one per branch) and a decoder (ViT or conv)."""
 
     codebook_size: int = 4096            # V: codes per branch
     codebook_embed_dim: int = 32         # Cb: code vector size per branch
     product_quant: int = 2               # P: number of branches (product quantization)
     v_patch_nums: tuple[int, ...] = (1, 1, 2, 3, 3, 4, 5, 6, 8, 11)  # scale side lengths, small to large
     num_latent_tokens: int = 121         # n: latent tokens per branch (a square; last scale covers all of them)
-    encoder_model: str = "vit_base_patch14_dinov2.lvd142m"   # timm name of the encoder backbone
+    enc_type: str = "dinov2"             # encoder: "dinov2" (timm ViT + latent tokens) | "cnn" (conv network)
+    dec_type: str = "dinov2"             # decoder: "dinov2" (timm ViT painting from latents) | "cnn" (conv network)
+    encoder_model: str = "vit_base_patch14_dinov2.lvd142m"   # timm name of the ViT encoder and of a dinov2 teacher
     decoder_model: str = "vit_base_patch14_dinov2.lvd142m"   # timm name of the decoder backbone
     abs_pos_embed: bool = True           # latents get the resampled image position embedding + level embedding
     share_quant_resi: int = 4            # phi convs: 0 = one per scale, 1 = one shared, k = k partially shared
@@ -47,9 +50,18 @@ class TokenizerConfig:
     patch_size: int = 16
     vit_kwargs: dict[str, Any] = field(default_factory=dict)  # overrides of the timm model (embed_dim, depth, num_heads)
     drop_path_rate: float = 0.1          # stochastic depth of encoder and decoder (the teacher uses 0)
+    # conv encoder / decoder (enc_type / dec_type "cnn"; the authors' VQ-16 network by default)
+    ch: int = 128                        # base width (every released CNN checkpoint: 128)
+    encoder_ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)  # width multiple per level; the side halves between levels
+    decoder_ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
+    z_channels: int = 256                # encoder output / decoder input channels (around quant_conv)
+    num_res_blocks: int = 2              # residual blocks per encoder level (the decoder has one more per level)
+    dropout_p: float = 0.0               # dropout inside the conv residual blocks
 
     def __post_init__(self) -> None:
         self.v_patch_nums = tuple(int(p) for p in self.v_patch_nums)
+        self.encoder_ch_mult = tuple(int(m) for m in self.encoder_ch_mult)
+        self.decoder_ch_mult = tuple(int(m) for m in self.decoder_ch_mult)
         self.vit_kwargs = dict(self.vit_kwargs)
         _check(self.codebook_size >= 2, f"codebook_size must be >= 2, got {self.codebook_size}")
         _check(self.codebook_embed_dim >= 1, f"codebook_embed_dim must be >= 1, got {self.codebook_embed_dim}")
@@ -71,11 +83,36 @@ class TokenizerConfig:
                f"semantic_guide must be 'dinov2', 'classifier' or 'none', got {self.semantic_guide!r}")
         self.teacher = dict(self.teacher)  # filled from the teacher checkpoint by the trainer when empty
 
-        _check(self.image_size > 0 and self.patch_size > 0 and self.image_size % self.patch_size == 0,
-               f"image_size ({self.image_size}) must be a positive multiple of patch_size ({self.patch_size})")
+        for name in ("enc_type", "dec_type"):
+            _check(getattr(self, name) in ("dinov2", "cnn"),
+                   f"{name} must be 'dinov2' (ViT) or 'cnn' (conv network), got {getattr(self, name)!r}")
+        if "dinov2" in (self.enc_type, self.dec_type):
+            _check(self.image_size > 0 and self.patch_size > 0 and self.image_size % self.patch_size == 0,
+                   f"image_size ({self.image_size}) must be a positive multiple of patch_size ({self.patch_size})")
+        self._check_conv()
         unknown = set(self.vit_kwargs) - {"embed_dim", "depth", "num_heads", "mlp_ratio", "init_values"}
         _check(not unknown, "vit_kwargs may set embed_dim, depth, num_heads, mlp_ratio, init_values (LayerScale "
                             f"start; DINOv2 uses 1e-5, too small for training from scratch); got {sorted(unknown)}")
+
+    def _check_conv(self) -> None:
+        for part, mult in (("enc", self.encoder_ch_mult), ("dec", self.decoder_ch_mult)):
+            if getattr(self, f"{part}_type") != "cnn":
+                continue
+            name = "encoder_ch_mult" if part == "enc" else "decoder_ch_mult"
+            _check(len(mult) >= 1 and all(m >= 1 for m in mult), f"{name} must be positive integers, got {mult}")
+            widths = [self.ch] + [self.ch * m for m in mult]
+            _check(self.ch >= 1 and all(w % 32 == 0 for w in widths),
+                   f"the conv {part}oder's widths ch * {name} = {widths[1:]} (ch = {self.ch}) must be multiples of "
+                   "32 (GroupNorm with 32 groups)")
+            factor = 2 ** (len(mult) - 1)
+            _check(self.image_size % factor == 0 and self.image_size // factor == self.latent_side,
+                   f"a conv {part}oder with {len(mult)} levels ({name}) maps {self.image_size} px to a "
+                   f"{self.image_size / factor:g}x{self.image_size / factor:g} latent grid, but num_latent_tokens="
+                   f"{self.num_latent_tokens} is a {self.latent_side}x{self.latent_side} grid; set num_latent_tokens"
+                   f" to {(self.image_size // factor) ** 2} (and the last scale of v_patch_nums to its side)")
+        _check(self.z_channels >= 1, f"z_channels must be >= 1, got {self.z_channels}")
+        _check(self.num_res_blocks >= 1, f"num_res_blocks must be >= 1, got {self.num_res_blocks}")
+        _check(0.0 <= self.dropout_p < 1.0, f"dropout_p must be in [0, 1), got {self.dropout_p}")
 
     # derived sizes -------------------------------------------------------------------------------------------
     @property
@@ -93,7 +130,8 @@ class TokenizerConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["v_patch_nums"] = list(self.v_patch_nums)
+        for key in ("v_patch_nums", "encoder_ch_mult", "decoder_ch_mult"):
+            d[key] = list(d[key])
         return d
 
     @classmethod
@@ -165,6 +203,13 @@ def _from_dict(cls, d: dict[str, Any]):
 _FULL_VIT = dict(encoder_model="vit_base_patch14_dinov2.lvd142m", decoder_model="vit_base_patch14_dinov2.lvd142m")
 _SMALL_VIT = dict(encoder_model="vit_small_patch14_dinov2.lvd142m", decoder_model="vit_small_patch14_dinov2.lvd142m")
 
+# the conv network's levels of the authors' ``vq_model`` choices (their msvq_model.VQ_16 / VQ_8)
+VQ_MODEL_CH_MULT: dict[str, tuple[int, ...]] = {"VQ-16": (1, 1, 2, 2, 4), "VQ-8": (1, 2, 2, 4)}
+_CONV = dict(enc_type="cnn", dec_type="cnn", ch=128, encoder_ch_mult=(1, 1, 2, 2, 4), decoder_ch_mult=(1, 1, 2, 2, 4),
+             z_channels=256, image_size=256)
+_CONV_32 = dict(enc_type="cnn", dec_type="cnn", ch=32, encoder_ch_mult=(1, 2, 2), decoder_ch_mult=(1, 2, 2),
+                z_channels=32, image_size=32, codebook_embed_dim=8, num_latent_tokens=64, drop_path_rate=0.0)
+
 TOKENIZER_PRESETS: dict[str, dict[str, Any]] = {
     # the released tokenizers (configs/tokenizer.yaml; 8192/16384 differ only in codebook_size)
     "imagefolder-4096": dict(codebook_size=4096, **_FULL_VIT),
@@ -176,6 +221,16 @@ TOKENIZER_PRESETS: dict[str, dict[str, Any]] = {
     # a CPU-trainable model: 64 px, 4 blocks of width 192, 8x8 latents per branch
     "small": dict(codebook_size=512, codebook_embed_dim=16, v_patch_nums=(1, 2, 3, 4, 6, 8), num_latent_tokens=64,
                   image_size=64, patch_size=8, vit_kwargs={"embed_dim": 192, "depth": 4, "num_heads": 3}, **_SMALL_VIT),
+    # the authors' conv network (VQ-16: 16x down, 256 px -> 16x16) with two branches as channel groups of the
+    # encoder map, VAR's ten scales; the teacher is DINOv2 ViT-S, whose width the authors' CNN path assumes
+    "cnn-4096": dict(codebook_size=4096, **_CONV, num_latent_tokens=256, v_patch_nums=(1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
+                     **_SMALL_VIT),
+    # the official CNN test-vector configuration (reference cnn_tiny/config.json): one branch, 32 px -> 8x8
+    "cnn-tiny": dict(**_CONV_32, product_quant=1, codebook_size=64, v_patch_nums=(1, 2, 4, 8), codebook_drop=0.0,
+                     start_drop=1, semantic_guide="none", **_SMALL_VIT),
+    # a CPU-trainable conv tokenizer: 32 px -> 8x8, widths 32/64, two branches of 256 codes, six scales
+    "cnn-small": dict(**_CONV_32, codebook_size=256, v_patch_nums=(1, 2, 3, 4, 6, 8), start_drop=2,
+                      semantic_guide="none", **_SMALL_VIT),
 }
 
 GENERATOR_PRESETS: dict[str, dict[str, Any]] = {

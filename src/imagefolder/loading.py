@@ -162,8 +162,9 @@ def _official_tokenizer_args(cfg: TokenizerConfig) -> dict[str, Any]:
     args = cfg.to_dict()
     args.pop("drop_path_rate")
     img, patch, vit = args.pop("image_size"), args.pop("patch_size"), args.pop("vit_kwargs")
-    args.update(enc_type="dinov2", dec_type="dinov2", vq_model="VQ-16", image_size=img)
-    if (img, patch) != (256, 16) or vit:  # the official model is hard-wired to 256/16: say it only when it differs
+    args.update(vq_model="VQ-16", image_size=img)
+    if "dinov2" in (cfg.enc_type, cfg.dec_type) and ((img, patch) != (256, 16) or vit):
+        # the official ViT model is hard-wired to 256/16: say it only when it differs
         args.update(img_size=img, patch_size=patch, vit_kwargs=vit)
     return args
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .config import ConfigError, GeneratorConfig, TokenizerConfig, tokenizer_preset
+from .config import VQ_MODEL_CH_MULT, ConfigError, GeneratorConfig, TokenizerConfig, tokenizer_preset
 from .models.generator import block_causal_mask, scale_levels
 from .models.vit import level_ids
 
@@ -68,7 +68,8 @@ def _args_dict(args: Any) -> dict[str, Any]:
 _TOKENIZER_ARG_FIELDS = ("codebook_size", "codebook_embed_dim", "product_quant", "v_patch_nums", "num_latent_tokens",
                          "encoder_model", "decoder_model", "abs_pos_embed", "share_quant_resi", "codebook_drop",
                          "start_drop", "commit_loss_beta", "semantic_guide", "half_sem", "sem_loss_weight",
-                         "sem_loss_scale", "clip_norm")
+                         "sem_loss_scale", "clip_norm", "enc_type", "dec_type", "encoder_ch_mult", "decoder_ch_mult",
+                         "z_channels", "dropout_p")
 
 
 def tokenizer_config_from_args(args: Any) -> TokenizerConfig:
@@ -82,6 +83,16 @@ def tokenizer_config_from_args(args: Any) -> TokenizerConfig:
     if "img_size" in a or "vit_kwargs" in a:
         kw.update(image_size=a.get("img_size", 256), patch_size=a.get("patch_size", 16),
                   vit_kwargs=a.get("vit_kwargs") or {})
+    if "cnn" in (kw.get("enc_type"), kw.get("dec_type")):
+        # the authors' VQModel never passes ``ch`` to its conv networks: real checkpoints are 128 wide; a conv
+        # network works at the trainer's image_size, and its levels come from vq_model unless args list them
+        kw.update(ch=int(a.get("ch") or 128), image_size=int(a.get("image_size") or kw.get("image_size", 256)))
+        levels = VQ_MODEL_CH_MULT.get(a.get("vq_model") or "VQ-16")
+        if levels is None:
+            raise CheckpointError(f"the checkpoint's vq_model {a.get('vq_model')!r} is none of "
+                                  f"{sorted(VQ_MODEL_CH_MULT)}")
+        for key in ("encoder_ch_mult", "decoder_ch_mult"):
+            kw.setdefault(key, levels)
     if kw.get("semantic_guide") not in (None, "dinov2"):
         kw["semantic_guide"] = "none"
     try:
@@ -105,9 +116,10 @@ def generator_config_from_args(args: Any, tokenizer: TokenizerConfig) -> Generat
 
 
 # key maps -------------------------------------------------------------------------------------------------------
-# (official pattern, our replacement); applied in order, first match wins
+# (official pattern, our replacement); applied in order
 _TOKENIZER_KEYMAP = [
     (re.compile(r"^decoder\.to_pixel\.model\."), "decoder.to_pixel."),
+    (re.compile(r"^quantize\."), "quantizes.0."),                                       # product_quant 1
     (re.compile(r"^(quantizes\.\d+\.quant_resi)\.qresi\."), r"\1.qresi_ls.0."),          # PhiShared
     (re.compile(r"^(quantizes\.\d+\.quant_resi)\.(\d+)\."), r"\1.qresi_ls.\2."),         # PhiNonShared
 ]
@@ -117,9 +129,7 @@ _ZERO_K_BIAS = re.compile(r"^blocks\.\d+\.attn\.zero_k_bias$")
 
 def _rename(key: str, keymap) -> str:
     for pattern, repl in keymap:
-        new, n = pattern.subn(repl, key)
-        if n:
-            return new
+        key = pattern.sub(repl, key)
     return key
 
 
@@ -191,6 +201,8 @@ def _is_tokenizer(model: nn.Module) -> bool:
 def _official_name(key: str, model: nn.Module) -> str:
     if _is_tokenizer(model) and key.startswith("decoder.to_pixel."):
         return key.replace("decoder.to_pixel.", "decoder.to_pixel.model.", 1)
+    if _is_tokenizer(model) and model.num_branches == 1 and key.startswith("quantizes.0."):
+        return key.replace("quantizes.0.", "quantize.", 1)  # the official single-branch model's name
     return key
 
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..config import ConfigError, TokenizerConfig
 from .lowp import LowPrecisionWeights, low_precision
+from .conv import ConvDecoder, ConvEncoder
 from .quantizer import MultiScaleQuantizer
 from .vit import LatentViTDecoder, LatentViTEncoder, create_vit
 
@@ -47,34 +48,48 @@ class Tokenizer(nn.Module):
         self.config = c = config
         self._lowp = LowPrecisionWeights()
         vit = dict(image_size=c.image_size, patch_size=c.patch_size, vit_kwargs=c.vit_kwargs)
-        self.encoder = LatentViTEncoder(
-            create_vit(c.encoder_model, drop_path_rate=c.drop_path_rate, pretrained=pretrained_backbone, **vit),
-            c.num_latent_tokens, c.product_quant, c.abs_pos_embed)
-        self.quant_conv = nn.Conv2d(self.encoder.embed_dim, c.codebook_embed_dim, 1)
-        self.decoder = LatentViTDecoder(
-            create_vit(c.decoder_model, drop_path_rate=c.drop_path_rate, pretrained=pretrained_backbone, **vit),
-            c.num_latent_tokens, c.image_size, c.patch_size, c.abs_pos_embed)
-        self.post_quant_conv = nn.Conv2d(c.codebook_embed_dim * c.product_quant, self.decoder.embed_dim, 1)
+        conv = dict(ch=c.ch, z_channels=c.z_channels, num_res_blocks=c.num_res_blocks, dropout=c.dropout_p)
+        P, Cb = c.product_quant, c.codebook_embed_dim
+        if c.enc_type == "cnn":  # branches are channel groups of one conv map: quant_conv gives P * Cb channels
+            self.encoder = ConvEncoder(ch_mult=c.encoder_ch_mult, **conv)
+            self.quant_conv = nn.Conv2d(c.z_channels, P * Cb, 1)
+        else:  # branches are separate sets of latent tokens: one quant_conv maps every token to Cb channels
+            self.encoder = LatentViTEncoder(
+                create_vit(c.encoder_model, drop_path_rate=c.drop_path_rate, pretrained=pretrained_backbone, **vit),
+                c.num_latent_tokens, P, c.abs_pos_embed)
+            self.quant_conv = nn.Conv2d(self.encoder.embed_dim, Cb, 1)
+        if c.dec_type == "cnn":
+            self.decoder = ConvDecoder(ch_mult=c.decoder_ch_mult, **conv)
+            self.post_quant_conv = nn.Conv2d(P * Cb, c.z_channels, 1)
+        else:
+            self.decoder = LatentViTDecoder(
+                create_vit(c.decoder_model, drop_path_rate=c.drop_path_rate, pretrained=pretrained_backbone, **vit),
+                c.num_latent_tokens, c.image_size, c.patch_size, c.abs_pos_embed)
+            self.post_quant_conv = nn.Conv2d(P * Cb, self.decoder.embed_dim, 1)
         self.quantizes = nn.ModuleList([
-            MultiScaleQuantizer(c.codebook_size, c.codebook_embed_dim, c.v_patch_nums,
+            MultiScaleQuantizer(c.codebook_size, Cb, c.v_patch_nums,
                                 share_quant_resi=c.share_quant_resi, quant_resi=c.quant_resi, beta=c.commit_loss_beta)
-            for _ in range(c.product_quant)])
+            for _ in range(P)])
         if c.semantic_guide != "none":
             if c.semantic_guide == "dinov2":
                 self.semantic_model = create_vit(c.encoder_model, drop_path_rate=0.0, pretrained=pretrained_backbone,
                                                  **vit)
+                teacher_dim = self.semantic_model.embed_dim
             else:  # a small classifier trained on the dataset: a teacher that needs no download
                 from .classifier import ClassifierConfig, DomainClassifier
                 if not c.teacher:
                     raise ConfigError("semantic_guide='classifier' needs the teacher's ClassifierConfig in 'teacher'")
                 teacher = ClassifierConfig.from_dict(c.teacher)
-                if teacher.feature_dim != self.encoder.embed_dim:
-                    raise ConfigError(f"the classifier teacher's features ({teacher.feature_dim}) must be as wide as "
+                teacher_dim = teacher.feature_dim
+                if c.enc_type != "cnn" and teacher_dim != self.encoder.embed_dim:
+                    raise ConfigError(f"the classifier teacher's features ({teacher_dim}) must be as wide as "
                                       f"the encoder ({self.encoder.embed_dim}): quant_conv projects both")
                 self.semantic_model = DomainClassifier(teacher)
             self.semantic_model.requires_grad_(False).eval()
-            if not c.half_sem:
-                self.sem_linear = nn.Conv2d(c.product_quant * c.codebook_embed_dim, c.codebook_embed_dim, 1)
+            if c.enc_type == "cnn":  # the authors' CNN path: a linear map of the teacher feature to the branch
+                self.sem_linear = nn.Linear(teacher_dim, Cb if c.half_sem else P * Cb)
+            elif not c.half_sem:
+                self.sem_linear = nn.Conv2d(P * Cb, Cb, 1)
 
     def precision(self, dtype: torch.dtype):
         """Context manager: run inside it in ``dtype`` (float32: unchanged; bfloat16/float16: autocast, with the
@@ -103,6 +118,8 @@ class Tokenizer(nn.Module):
     def encode_latents(self, x_B3HW: torch.Tensor) -> list[torch.Tensor]:
         """Continuous latents before quantization: one (B, Cb, h, w) map per branch."""
         self._check_images(x_B3HW)
+        if self.config.enc_type == "cnn":  # (B, P*Cb, h, w): branch p is the channel group p*Cb:(p+1)*Cb
+            return list(self.quant_conv(self.encoder(x_B3HW)).chunk(self.num_branches, dim=1))
         h_BLD = self.encoder(x_B3HW)
         f_BC = self.quant_conv(h_BLD.transpose(1, 2).unsqueeze(-1))  # 1x1 conv over all P*n tokens: (B, Cb, P*n, 1)
         B, s = f_BC.shape[0], self.config.latent_side
@@ -131,7 +148,7 @@ class Tokenizer(nn.Module):
 
     def _decode_unclamped(self, f_hat_BChw: torch.Tensor) -> torch.Tensor:
         z = self.post_quant_conv(f_hat_BChw)
-        return self.decoder(z.flatten(2).transpose(1, 2))
+        return self.decoder(z if self.config.dec_type == "cnn" else z.flatten(2).transpose(1, 2))
 
     @torch.no_grad()
     def decode(self, codes: Codes) -> torch.Tensor:
@@ -163,7 +180,8 @@ class Tokenizer(nn.Module):
 
     # semantic regularisation ---------------------------------------------------------------------------------
     def semantic_features(self, x_B3HW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The frozen teacher's pooled feature (B, D) of images in [-1, 1] and its projection by quant_conv (B, Cb)."""
+        """The frozen teacher's pooled feature (B, D) of images in [-1, 1] and its projection into the regularised
+        code space (B, C): by quant_conv on the ViT path (as the authors do), by ``sem_linear`` on the conv path."""
         if not hasattr(self, "semantic_model"):
             raise RuntimeError("this tokenizer has no semantic teacher (semantic_guide='none')")
         with torch.no_grad():
@@ -173,17 +191,27 @@ class Tokenizer(nn.Module):
                 mean = torch.tensor(IMAGENET_MEAN, device=x_B3HW.device).view(1, 3, 1, 1)
                 std = torch.tensor(IMAGENET_STD, device=x_B3HW.device).view(1, 3, 1, 1)
                 feat_BD = self.semantic_model(((x_B3HW + 1) / 2 - mean) / std)
-        proj_BC = self.quant_conv(feat_BD[..., None, None]).mean(dim=(2, 3))
-        return feat_BD, proj_BC
+        if self.config.enc_type == "cnn":
+            return feat_BD, self.sem_linear(feat_BD)
+        return feat_BD, self.quant_conv(feat_BD[..., None, None]).mean(dim=(2, 3))
 
-    def semantic_loss(self, x_B3HW: torch.Tensor, quant_per_branch: list[torch.Tensor], n_skip: int,
+    def semantic_student(self, latents: list[torch.Tensor], quant: list[torch.Tensor]) -> torch.Tensor:
+        """What the teacher feature is contrasted with (B, C): the spatial mean of the regularised branch's quantized
+        map on the ViT path (the last branch, or a 1x1 mix of all when half_sem is False), of its continuous encoder
+        map on the conv path (the authors' CNN path; all branches' channels when half_sem is False)."""
+        c = self.config
+        if c.enc_type == "cnn":
+            maps = latents[-1] if c.half_sem else torch.cat(latents, dim=1)
+        else:
+            maps = quant[-1] if c.half_sem else self.sem_linear(torch.cat(quant, dim=1))
+        return maps.mean(dim=(2, 3))
+
+    def semantic_loss(self, x_B3HW: torch.Tensor, student_BC: torch.Tensor, n_skip: int,
                       gather_fn: Callable[[torch.Tensor], torch.Tensor] = _identity) -> torch.Tensor:
-        """CLIP-style symmetric contrastive loss between the teacher feature and the spatial mean of the regularised
-        branch (the last one, or a 1x1 mix of all when half_sem is False), over samples from ``n_skip`` on."""
+        """CLIP-style symmetric contrastive loss between the teacher feature and ``student_BC``
+        (``semantic_student``), over samples from ``n_skip`` on (those whose scales were not dropped)."""
         c = self.config
         _, teacher_BC = self.semantic_features(x_B3HW)
-        quant = quant_per_branch[-1] if c.half_sem else self.sem_linear(torch.cat(quant_per_branch, dim=1))
-        student_BC = quant.mean(dim=(2, 3))
         a, b = gather_fn(teacher_BC[n_skip:].float()), gather_fn(student_BC[n_skip:].float())
         if a.shape[0] == 0:
             return a.new_zeros(())
@@ -216,7 +244,8 @@ class Tokenizer(nn.Module):
             n_keep = self.sample_scale_dropout(B, x_B3HW.device) if self.training \
                 else torch.full((B,), self.config.num_scales, device=x_B3HW.device)
         quant, outs, usages = [], [], []
-        for q, f in zip(self.quantizes, self.encode_latents(x_B3HW)):
+        latents = self.encode_latents(x_B3HW)
+        for q, f in zip(self.quantizes, latents):
             out = q(f, n_keep)
             quant.append(out.f_hat)
             outs.append(out)
@@ -228,7 +257,7 @@ class Tokenizer(nn.Module):
         recon = self._decode_unclamped(torch.cat(quant, dim=1))
         if hasattr(self, "semantic_model"):
             n_skip = int(B * self.config.codebook_drop) if self.training else 0
-            losses["semantic"] = self.semantic_loss(x_B3HW, quant, n_skip, gather_fn)
+            losses["semantic"] = self.semantic_loss(x_B3HW, self.semantic_student(latents, quant), n_skip, gather_fn)
         usage = [sum(u) / len(u) for u in zip(*usages)]
         return TokenizerOutput(recon=recon, losses=losses, usages=usage, n_keep=n_keep)
 

@@ -146,6 +146,11 @@ class LatentViTDecoder(nn.Module):
             nn.init.trunc_normal_(self.latent_pos_embed, std=0.02)
         self.to_pixel = nn.Linear(D, 3 * patch_size * patch_size)
 
+    @property
+    def last_layer(self) -> torch.Tensor:
+        """The weight the adaptive adversarial weight balances gradients at."""
+        return self.to_pixel.weight
+
     def forward(self, z_BnD: torch.Tensor) -> torch.Tensor:
         """Latent tokens (B, n, D) -> image (B, 3, H, W), not clamped."""
         m = self.model

@@ -15,7 +15,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
-from ..config import ConfigError, GeneratorConfig, TokenizerConfig
+from ..config import VQ_MODEL_CH_MULT, ConfigError, GeneratorConfig, TokenizerConfig
 
 
 def normalise_key(key: str) -> str:
@@ -201,8 +201,8 @@ def generator_model_config(preset: str, model_vals: dict[str, Any]) -> Generator
 
 # tokenizer training ----------------------------------------------------------------------------------------------
 TOKENIZER_ACCEPTED_ONLY: dict[str, tuple] = {
-    "vq_model": ("VQ-16",), "enc_type": ("dinov2",), "dec_type": ("dinov2",), "codebook_l2_norm": (True,),
-    "entropy_loss_ratio": (0, 0.0), "dropout_p": (0, 0.0), "detail_guide": ("none",), "lfq": (False,),
+    "vq_model": ("VQ-16", "VQ-8"), "codebook_l2_norm": (True,),
+    "entropy_loss_ratio": (0, 0.0), "detail_guide": ("none",), "lfq": (False,),
     "dataset": ("imagenet", "imagefolder"), "norm_type": ("bn",), "disc_reinit": (0,), "debug_disc": (False,),
     "guide_type_1": ("class",), "guide_type_2": ("class",), "no_local_save": (False,),
 }
@@ -252,7 +252,12 @@ class TokenizerTrainOptions(CommonOptions):
 
     def model_config(self, model_vals: dict[str, Any]) -> TokenizerConfig:
         self.check()
-        return tokenizer_model_config(self.model_preset, model_vals)
+        cfg = tokenizer_model_config(self.model_preset, model_vals)
+        for part, method in (("enc", self.enc_tuning_method), ("dec", self.dec_tuning_method)):
+            if method == "lora" and getattr(cfg, f"{part}_type") == "cnn":
+                raise ConfigError(f"{part}_tuning_method: lora adapts the MLPs of a ViT; the conv {part}oder "
+                                  "(cnn) trains full or frozen")
+        return cfg
 
     def check(self) -> None:
         self.check_common()
@@ -325,8 +330,16 @@ class GeneratorTrainOptions(CommonOptions):
 
 
 def load_options(cls, accepted_only: dict[str, tuple], config_path: str | Path | None, overrides: dict[str, Any]):
-    """YAML file (optional) + overrides -> (options, model config)."""
+    """YAML file (optional) + overrides -> (options, model config).
+
+    As in the authors' trainer, ``vq_model`` (VQ-16 / VQ-8) chooses the conv network's levels: it sets
+    ``encoder_ch_mult`` / ``decoder_ch_mult`` when the values ask for a cnn encoder / decoder and do not list them.
+    """
     values = read_yaml(config_path) if config_path else {}
     values.update(overrides)
+    levels = VQ_MODEL_CH_MULT.get(values.get("vq_model"))
+    for part in ("enc", "dec"):
+        if levels and values.get(f"{part}_type") == "cnn":
+            values.setdefault(f"{part}oder_ch_mult", levels)
     model_cls = TokenizerConfig if cls is TokenizerTrainOptions else GeneratorConfig
     return build_options(cls, model_cls, values, accepted_only)

@@ -103,8 +103,9 @@ class TokenizerTrainer(Trainer):
             from ..loading import load_tokenizer
             init = load_tokenizer(o.vq_ckpt, config=self.model_config)
             tok.load_state_dict(init.state_dict(), strict=True)
-        apply_tuning(tok.encoder.model, o.enc_tuning_method, r=o.lora_r, alpha=o.lora_alpha, dropout=o.lora_dropout)
-        apply_tuning(tok.decoder.model, o.dec_tuning_method, r=o.lora_r, alpha=o.lora_alpha, dropout=o.lora_dropout)
+        for part, method in ((tok.encoder, o.enc_tuning_method), (tok.decoder, o.dec_tuning_method)):
+            backbone = getattr(part, "model", part)  # the timm ViT inside a ViT part; a conv part is its own
+            apply_tuning(backbone, method, r=o.lora_r, alpha=o.lora_alpha, dropout=o.lora_dropout)
         for q in tok.quantizes:  # phi convs no scale uses never get a gradient; DDP needs them marked frozen
             K = len(q.v_patch_nums)
             used = {q.quant_resi.index(si, K) for si in range(K)}
@@ -184,7 +185,7 @@ class TokenizerTrainer(Trainer):
                 loss = nll + vq + out.losses.get("semantic", 0.0)
                 if use_disc:
                     g = g_loss(o.gen_loss, self.disc(self._disc_input(recon)))  # not the DDP wrapper: no sync
-                    w = adaptive_weight(nll, g, self.tok.decoder.to_pixel.weight) if o.disc_adaptive_weight else 1.0
+                    w = adaptive_weight(nll, g, self.tok.decoder.last_layer) if o.disc_adaptive_weight else 1.0
                     loss = loss + w * o.disc_weight * g
                     add("gen_adv", g)
                     add("adaptive_weight", w)
