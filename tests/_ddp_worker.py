@@ -1,11 +1,12 @@
-"""Run under torchrun by test_train_ddp: train the tiny tokenizer, then save this process's weights."""
+"""Run under torchrun by test_train_ddp: train the tiny tokenizer (ViT, or conv with argv[3] == "cnn"), then save
+this process's weights."""
 import sys
 from pathlib import Path
 
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _train_helpers import TINY_TOKENIZER  # noqa: E402
+from _train_helpers import TINY_CNN_TOKENIZER, TINY_TOKENIZER  # noqa: E402
 
 from imagefolder.distributed import init_from_env, shutdown  # noqa: E402
 from imagefolder.train.options import TOKENIZER_ACCEPTED_ONLY, TokenizerTrainOptions, load_options  # noqa: E402
@@ -13,8 +14,9 @@ from imagefolder.train.tokenizer_trainer import TokenizerTrainer  # noqa: E402
 
 data, out = Path(sys.argv[1]), Path(sys.argv[2])
 info = init_from_env("cpu")
+base = TINY_CNN_TOKENIZER if sys.argv[3:] == ["cnn"] else TINY_TOKENIZER
 opts, model = load_options(TokenizerTrainOptions, TOKENIZER_ACCEPTED_ONLY, None, {
-    **TINY_TOKENIZER, "data_path": str(data), "max_steps": 3, "semantic_guide": "dinov2",
+    **base, "data_path": str(data), "max_steps": 3, "semantic_guide": "dinov2",
     "disc_type": "patchgan", "disc_num_layers": 1, "disc_dim": 8, "disc_start": 1, "lecam_loss_weight": 0.01})
 trainer = TokenizerTrainer(opts, model, out, info, show_progress=False)
 trainer.fit()

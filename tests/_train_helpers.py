@@ -16,6 +16,10 @@ TINY_TOKENIZER = {
     "tensorboard": False, "ema_decay": 0.9, "rfid_features": "none",
 }
 
+# the same at a conv encoder / decoder: 16 px -> 2x2 grid (four levels of width 32), one residual block per level
+TINY_CNN_TOKENIZER = {**TINY_TOKENIZER, "enc_type": "cnn", "dec_type": "cnn", "ch": 32, "z_channels": 16,
+                      "encoder_ch_mult": [1, 1, 1, 1], "decoder_ch_mult": [1, 1, 1, 1], "num_res_blocks": 1}
+
 
 def make_shapes(root: Path, per_class: int = 2, size: int = 16) -> Path:
     """The built-in shapes set (10 classes) at a tiny size: root/train and root/val."""

@@ -18,7 +18,7 @@ from imagefolder.train.options import TOKENIZER_ACCEPTED_ONLY, TokenizerTrainOpt
 from imagefolder.train.state import Checkpoints, load_train_state
 from imagefolder.train.tokenizer_trainer import TokenizerTrainer
 
-from _train_helpers import TINY_TOKENIZER, make_image_folder, make_shapes, yaml_text
+from _train_helpers import TINY_CNN_TOKENIZER, TINY_TOKENIZER, make_image_folder, make_shapes, yaml_text
 
 REF = Path(__file__).parent / "data"
 CPU = DistInfo(0, 1, 0, torch.device("cpu"))
@@ -67,9 +67,12 @@ def test_losses_fall_on_the_built_in_shapes(tmp_path):
     assert summary["steps"] == 40 and last < 0.7 * first
 
 
-def test_resume_is_bit_identical(data, tmp_path):
+@pytest.mark.parametrize("encoder", ["vit", "cnn"])
+def test_resume_is_bit_identical(data, tmp_path, encoder):
     over = dict(disc_type="patchgan", disc_num_layers=1, disc_dim=8, disc_start=1, lecam_loss_weight=0.01,
                 disc_adaptive_weight=True, codebook_drop=0.5)
+    if encoder == "cnn":
+        over.update({k: v for k, v in TINY_CNN_TOKENIZER.items() if k not in TINY_TOKENIZER or k == "model_preset"})
     _trainer(data, tmp_path / "straight", max_steps=6, **over).fit()
     _trainer(data, tmp_path / "split", max_steps=3, **over).fit()
     latest = Checkpoints(tmp_path / "split").latest()
@@ -220,3 +223,28 @@ def test_full_size_recipes_match_the_released_models_and_run_a_step(codes, data,
     row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     assert summary["steps"] == 1 and {"perceptual", "gen_adv", "disc", "lecam", "semantic"} <= set(row)
     assert t.model_config.v_patch_nums == (1, 1, 2, 3, 3, 4, 5, 6, 8, 11) and t.model_config.num_latent_tokens == 121
+
+
+def test_conv_recipes_are_the_presets_and_the_full_one_runs_every_loss(data, tmp_path):
+    from imagefolder.config import tokenizer_preset
+    configs = Path(__file__).parents[1] / "configs"
+    opts, model = load_options(TokenizerTrainOptions, TOKENIZER_ACCEPTED_ONLY, configs / "cnn-small-tokenizer.yaml", {})
+    assert model == tokenizer_preset("cnn-small")
+    recipe = configs / "cnn-tokenizer-4096.yaml"
+    opts, model = load_options(TokenizerTrainOptions, TOKENIZER_ACCEPTED_ONLY, recipe, {})
+    assert model == tokenizer_preset("cnn-4096") and model.encoder_ch_mult == (1, 1, 2, 2, 4)  # from vq_model
+    with pytest.raises(ConfigError, match="lora adapts the MLPs of a ViT"):
+        load_options(TokenizerTrainOptions, TOKENIZER_ACCEPTED_ONLY, recipe, {"enc_tuning_method": "lora"})
+    # the same recipe at a toy size (no downloads): every loss runs one step on the conv network
+    small = {"data_path": str(data / "train"), "image_size": 16, "ch": 32, "encoder_ch_mult": [1, 1],
+             "decoder_ch_mult": [1, 1], "z_channels": 16, "num_latent_tokens": 64, "v_patch_nums": [1, 2, 4, 8],
+             "global_batch_size": 4, "pretrained_backbone": False, "perceptual_weights": "random", "disc_start": 0,
+             "disc_num_layers": 1, "disc_dim": 8, "disc_adaptive_weight": True, "mixed_precision": "none",
+             "num_workers": 0, "max_steps": 1, "tensorboard": False, "rfid_features": "none", "val_every": 0,
+             "patch_size": 4, "vit_kwargs": {"embed_dim": 32, "depth": 1, "num_heads": 2}}  # the dinov2 teacher
+    opts, model = load_options(TokenizerTrainOptions, TOKENIZER_ACCEPTED_ONLY, recipe, small)
+    t = TokenizerTrainer(opts, model, tmp_path, CPU, show_progress=False)
+    summary = t.fit()
+    row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert summary["steps"] == 1 and {"perceptual", "gen_adv", "disc", "lecam", "semantic"} <= set(row)
+    assert tuple(t.tok.sem_linear.weight.shape) == (32, 32)  # teacher width 32 -> the semantic branch's 32 channels
