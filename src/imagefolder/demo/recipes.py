@@ -18,30 +18,30 @@ PROBE_TRAIN_PER_CLASS = 50    # training pictures per class the default mode wri
 # the judge scores samples and reconstructions and takes no part in training: 20 epochs, so that it recognises
 # all real validation pictures (6 epochs: 0.954, a ceiling below the reconstruction target). The teacher is a
 # second classifier trained with seed + TEACHER_SEED_OFFSET: its 128-d features are the tokenizer's frozen
-# semantic teacher (ViT width 128) and its feature maps the tokenizer's perceptual loss. It keeps 6 epochs: with
+# semantic teacher and its feature maps the tokenizer's perceptual loss. It keeps 6 epochs: with
 # a 20-epoch teacher the perceptual term was twice as large and the tokenizer 1 dB worse after 8000 steps, its
 # reconstructions recognised 0.62 of the time (docs/DESIGN.md).
 CLASSIFIER: dict[str, Any] = {"preset": "tiny", "epochs": 20, "batch_size": 64, "lr": 2e-3, "weight_decay": 0.05}
 TEACHER: dict[str, Any] = {**CLASSIFIER, "epochs": 6}
 TEACHER_SEED_OFFSET = 1
 
+# The conv tokenizer (the authors' enc_type/dec_type cnn at widths 32/64, 4x down to an 8x8 grid): on these small
+# pictures it learns far faster than the ViT from scratch the demo used before (docs/DESIGN.md: 0.97 of its
+# reconstructions recognised after 2500 steps, the ViT 0.80 after 10000), and its finest codes flip less under
+# invisible noise (19% / 29% against 27% / 52%).
 TOKENIZER: dict[str, Any] = {
-    "model_preset": "tiny", "pretrained_backbone": False,
-    "patch_size": 4, "num_latent_tokens": 36, "v_patch_nums": [1, 2, 3, 4, 5, 6],  # 2 x 36 latents, 64 patches
-    "codebook_size": 256, "codebook_embed_dim": 8,
-    "product_quant": 2,                                   # two branches of folded tokens
+    "model_preset": "cnn-small", "pretrained_backbone": False,
+    "codebook_size": 256, "codebook_embed_dim": 8, "v_patch_nums": [1, 2, 3, 4, 6, 8],  # the last scale: the grid
+    "product_quant": 2,                                   # two branches of folded tokens (channel groups)
     "codebook_drop": 0.1, "start_drop": 2,                # quantizer dropout: 10% of a batch keeps a scale prefix
-    "semantic_guide": "classifier", "half_sem": True,     # the last branch is pulled toward the judge's features
+    "semantic_guide": "classifier", "half_sem": True,     # the last branch is pulled toward the teacher's features
     "sem_loss_weight": 0.1,
-    # depth 2 learns as fast per step as depth 4 from scratch here and is 1.7x cheaper; LayerScale starts at 1
-    "vit_kwargs": {"embed_dim": 128, "depth": 2, "num_heads": 4, "init_values": 1.0},
-    "drop_path_rate": 0.0,
-    "global_batch_size": 16, "epochs": 30, "lr": 2e-3, "lr_scheduler": "cosine", "warmup_steps": 100,
+    "global_batch_size": 16, "epochs": 30, "lr": 1e-3, "lr_scheduler": "cosine", "warmup_steps": 100,
     "weight_decay": 0.0, "ema": True, "ema_decay": 0.999,
     # L2 plus a perceptual loss in the teacher's feature maps (perceptual_net classifier:TEACHER, filled in by the
-    # demo): with it the judge recognises 30% of reconstructions after 1000 steps, against 16% with L2 alone
+    # demo): with the ViT it doubled the share of recognised reconstructions after 1000 steps
     "reconstruction_loss": "l2", "perceptual_weight": 0.05, "disc_type": "none",
-    "num_workers": 0, "log_every": 10, "val_every": 1000, "ckpt_every": 1000, "val_max_images": 200,
+    "num_workers": 0, "log_every": 10, "val_every": 500, "ckpt_every": 1000, "val_max_images": 200,
     "save_best_metric": "psnr", "tensorboard": False,
 }
 
@@ -74,8 +74,8 @@ QUICK_BUDGET_MINUTES = 2.0
 BUDGET_SHARES: dict[str, float] = {"classifier": 0.05, "teacher": 0.05, "tokenizer": 0.45, "generator": 0.38}
 
 # the fixed step counts that produce the shipped model, keyed by demo option (README: the exact command)
-SHIP_STEPS: dict[str, int] = {"classifier_epochs": 20, "teacher_epochs": 6, "tokenizer_steps": 10000,
-                              "generator_steps": 6000}
+SHIP_STEPS: dict[str, int] = {"classifier_epochs": 20, "teacher_epochs": 6, "tokenizer_steps": 2500,
+                              "generator_steps": 3000}
 
 # what the shipped model should reach (reported, not asserted)
 TARGETS: dict[str, float] = {"sample_class_accuracy": 0.9, "reconstruction_class_accuracy": 0.95,

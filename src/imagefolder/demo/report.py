@@ -96,7 +96,13 @@ def _models(gen: Generator, judge_dir: Path, teacher_is_judge: bool) -> list[str
     judge = json.loads((judge_dir / "config.json").read_text())
     jc, jinfo = judge["config"], judge.get("info", {})
     width = jc["width"] * 2 ** (jc["depth"] - 1)
-    vit = {**t.vit_kwargs}
+    if t.enc_type == "cnn":
+        widths = "/".join(str(t.ch * m) for m in dict.fromkeys(t.encoder_ch_mult))
+        nets = (f"conv encoder/decoder (widths {widths}, {2 ** (len(t.encoder_ch_mult) - 1)}x down to a "
+                f"{t.latent_side}x{t.latent_side} grid; the branches are channel groups of its map)")
+    else:
+        vit = {**t.vit_kwargs}
+        nets = f"ViT encoder/decoder (width {vit.get('embed_dim', '?')}, depth {vit.get('depth', '?')})"
     scales = ", ".join(f"{s}x{s}" for s in t.v_patch_nums)
     if t.semantic_guide == "classifier":
         who = (f"the judge classifier's backbone ({width}-d pooled features), so the semantic branch learns the "
@@ -112,8 +118,8 @@ def _models(gen: Generator, judge_dir: Path, teacher_is_judge: bool) -> list[str
         teacher = "no semantic regularisation"
     judge_acc = jinfo.get("val_accuracy")
     return [
-        f"**Tokenizer**: {t.image_size} px images, ViT encoder/decoder (width {vit.get('embed_dim', '?')}, depth "
-        f"{vit.get('depth', '?')}), **{t.product_quant} branches** (product quantization: each latent position "
+        f"**Tokenizer**: {t.image_size} px images, {nets}, **{t.product_quant} branches** (product "
+        f"quantization: each latent position "
         f"gets one code per branch, a 'folded' token) of {t.codebook_size} codes of dimension "
         f"{t.codebook_embed_dim}, residual over {t.num_scales} scales ({scales}); **quantizer dropout**: "
         f"{t.codebook_drop:.0%} of each training batch keeps only a random prefix of at least "
