@@ -40,6 +40,7 @@ class TokenizerConfig:
     codebook_drop: float = 0.1           # fraction of each batch trained on a truncated scale prefix
     start_drop: int = 3                  # fewest scales a dropped sample keeps
     commit_loss_beta: float = 0.25       # commitment weight inside the VQ loss
+    codebook_l2_norm: bool = True        # code search: cosine similarity (ImageFolder) or, false, Euclidean (VAR)
     semantic_guide: str = "dinov2"       # teacher regularising a branch: "dinov2" (frozen ViT), "classifier", "none"
     teacher: dict[str, Any] = field(default_factory=dict)  # ClassifierConfig fields when semantic_guide="classifier"
     half_sem: bool = True                # True: regularise the last branch only; False: all branches (1x1 mix)

@@ -69,7 +69,7 @@ _TOKENIZER_ARG_FIELDS = ("codebook_size", "codebook_embed_dim", "product_quant",
                          "encoder_model", "decoder_model", "abs_pos_embed", "share_quant_resi", "codebook_drop",
                          "start_drop", "commit_loss_beta", "semantic_guide", "half_sem", "sem_loss_weight",
                          "sem_loss_scale", "clip_norm", "enc_type", "dec_type", "encoder_ch_mult", "decoder_ch_mult",
-                         "z_channels", "dropout_p", "num_res_blocks")  # num_res_blocks: ours (official: 2)
+                         "z_channels", "dropout_p", "num_res_blocks", "codebook_l2_norm")  # num_res_blocks: ours (official: 2)
 
 
 def tokenizer_config_from_args(args: Any) -> TokenizerConfig:

@@ -170,6 +170,8 @@ def _judge_metrics(judge: DomainExtractor, samples: tuple[torch.Tensor, torch.Te
         acc = class_accuracy(logits, labels.numpy())
         metrics[key] = acc
         metrics[f"{key}_stderr"] = _stderr(acc, len(labels))
+        metrics[f"{key}_per_class"] = [class_accuracy(logits[labels == c], labels[labels == c].numpy())
+                                       for c in range(logits.shape[1])]
     for key, feats in (("domain_fid", f_samples), ("reconstruction_domain_fid", f_recon)):
         n = min(len(feats), len(f_val))
         if n <= feats.shape[1]:

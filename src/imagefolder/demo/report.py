@@ -175,6 +175,18 @@ def _prefix_table(metrics: dict[str, Any], scales: int) -> list[str]:
     ]
 
 
+def _per_class_table(metrics: dict[str, Any]) -> list[str]:
+    """Judge accuracy per class on samples, reconstructions and real pictures."""
+    keys = ("sample_class_accuracy", "reconstruction_class_accuracy", "val_class_accuracy")
+    return [
+        "## Per class", "",
+        "Which classes the judge recognises in the samples, the reconstructions and the real validation pictures.", "",
+        "| class | samples | reconstructions | real |", "| --- | ---: | ---: | ---: |",
+        *(f"| {name} | " + " | ".join(_fmt(metrics[f"{k}_per_class"][c], ".2f") for k in keys) + " |"
+          for c, name in enumerate(metrics["classes"])), "",
+    ]
+
+
 def write_report(path: Path, run: RunInfo, gen: Generator, metrics: dict[str, Any]) -> None:
     d = run.dataset
     source = (f"the shipped demo model in `{run.assets}`" if run.mode == "default"
@@ -205,6 +217,7 @@ def write_report(path: Path, run: RunInfo, gen: Generator, metrics: dict[str, An
         "| metric | target | achieved | met |", "| --- | --- | ---: | --- |",
         *(f"| `{key}` | {text} | {_fmt(metrics[key], '.3f')} | {'yes' if met else 'no'} |"
           for key, text, met in targets(metrics)), "",
+        *_per_class_table(metrics),
         *_prefix_table(metrics, len(gen.patch_nums)),
     ]
     for title, name in run.images.items():

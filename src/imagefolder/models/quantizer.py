@@ -1,7 +1,8 @@
 """Multi-scale residual quantizer (one branch of the product quantizer).
 
 For each scale side ``pn`` (small to large) the residual is area-downsampled to pn x pn, each position picks the
-code with the highest cosine similarity, the raw code vectors are bicubic-upsampled back to the latent grid (all
+code with the highest cosine similarity (ImageFolder, ``l2_norm``) or the nearest one in Euclidean distance (VAR's
+tokenizer), the raw code vectors are bicubic-upsampled back to the latent grid (all
 but the last scale), mixed by a phi conv, added to the reconstruction f_hat and subtracted from the residual.
 
 Glossary: ``B`` batch, ``C`` code vector size (codebook_embed_dim), ``V`` codebook size, ``K`` number of scales,
@@ -63,17 +64,18 @@ class QuantizerTrainOutput:
 
 class MultiScaleQuantizer(nn.Module):
     def __init__(self, codebook_size: int, dim: int, v_patch_nums: tuple[int, ...], *,
-                 share_quant_resi: int = 4, quant_resi: float = 0.5, beta: float = 0.25):
+                 share_quant_resi: int = 4, quant_resi: float = 0.5, beta: float = 0.25, l2_norm: bool = True):
         super().__init__()
-        self.codebook_size, self.dim, self.beta = codebook_size, dim, beta
+        self.codebook_size, self.dim, self.beta, self.l2_norm = codebook_size, dim, beta, l2_norm
         self.v_patch_nums = tuple(v_patch_nums)
         self.side = self.v_patch_nums[-1]
         num_phi = len(self.v_patch_nums) if share_quant_resi == 0 else share_quant_resi
         self.quant_resi = PhiSchedule(dim, num_phi, quant_resi)
         self.embedding = nn.Embedding(codebook_size, dim)
-        with torch.no_grad():  # official init: uniform(-1/V, 1/V), then unit length (cosine lookup)
+        with torch.no_grad():  # official init: uniform(-1/V, 1/V), then unit length for the cosine lookup
             self.embedding.weight.uniform_(-1.0 / codebook_size, 1.0 / codebook_size)
-            self.embedding.weight.copy_(F.normalize(self.embedding.weight, dim=-1))
+            if l2_norm:
+                self.embedding.weight.copy_(F.normalize(self.embedding.weight, dim=-1))
         # exponential moving average of code hits per scale (codebook usage); kept for checkpoint compatibility
         self.register_buffer("ema_vocab_hit_SV", torch.zeros(len(self.v_patch_nums), codebook_size))
         self.usage_updates = 0
@@ -83,11 +85,20 @@ class MultiScaleQuantizer(nn.Module):
         return len(self.v_patch_nums)
 
     # building blocks ---------------------------------------------------------------------------------------
+    def search_codebook(self) -> torch.Tensor:
+        """The codebook as ``lookup`` compares against it (unit rows for the cosine lookup), without gradient."""
+        weight = self.embedding.weight.detach()
+        return F.normalize(weight, dim=-1) if self.l2_norm else weight
+
     def lookup(self, z_NC: torch.Tensor, codebook_VC: torch.Tensor | None = None) -> torch.Tensor:
-        """Index of the most cosine-similar code for each row."""
+        """Index of the most cosine-similar code (``l2_norm``) or of the nearest code for each row."""
         if codebook_VC is None:
-            codebook_VC = F.normalize(self.embedding.weight.detach(), dim=-1)
-        return torch.argmax(F.normalize(z_NC, dim=-1) @ codebook_VC.T, dim=1)
+            codebook_VC = self.search_codebook()
+        if self.l2_norm:
+            return torch.argmax(F.normalize(z_NC, dim=-1) @ codebook_VC.T, dim=1)
+        # |z|^2 + |e|^2 - 2 z.e in VAR's order of operations (a tie resolves as in its quantizer)
+        d_NV = z_NC.square().sum(dim=1, keepdim=True) + codebook_VC.square().sum(dim=1)
+        return torch.argmin(d_NV.addmm_(z_NC, codebook_VC.T, alpha=-2, beta=1), dim=1)
 
     def contribution(self, si: int, idx_Bl: torch.Tensor) -> torch.Tensor:
         """What the codes of scale ``si`` add to f_hat: phi(bicubic_up(codebook[idx])) as (B, C, H, W)."""
@@ -109,7 +120,7 @@ class MultiScaleQuantizer(nn.Module):
         """Codes per scale (list of (B, l) int64) and, if asked, the cumulative f_hat after each scale."""
         self._check_input(f_BChw)
         B = f_BChw.shape[0]
-        codebook_VC = F.normalize(self.embedding.weight, dim=-1)
+        codebook_VC = self.search_codebook()
         f_rest, f_hat = f_BChw.clone(), torch.zeros_like(f_BChw)
         codes, fhats = [], []
         for si, pn in enumerate(self.v_patch_nums):
@@ -157,7 +168,7 @@ class MultiScaleQuantizer(nn.Module):
             n_keep_B = torch.full((B,), K, device=f.device)
         f_ng = f.detach()
         f_rest, f_hat = f_ng.clone(), torch.zeros_like(f_ng)
-        codebook_VC = F.normalize(self.embedding.weight.detach(), dim=-1)
+        codebook_VC = self.search_codebook()
         hits_KV = f.new_zeros(K, self.codebook_size)
         codebook_loss, commit_loss = f.new_zeros(()), f.new_zeros(())
         for si, pn in enumerate(self.v_patch_nums):

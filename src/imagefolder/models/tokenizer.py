@@ -68,7 +68,8 @@ class Tokenizer(nn.Module):
             self.post_quant_conv = nn.Conv2d(P * Cb, self.decoder.embed_dim, 1)
         self.quantizes = nn.ModuleList([
             MultiScaleQuantizer(c.codebook_size, Cb, c.v_patch_nums,
-                                share_quant_resi=c.share_quant_resi, quant_resi=c.quant_resi, beta=c.commit_loss_beta)
+                                share_quant_resi=c.share_quant_resi, quant_resi=c.quant_resi, beta=c.commit_loss_beta,
+                                l2_norm=c.codebook_l2_norm)
             for _ in range(P)])
         if c.semantic_guide != "none":
             if c.semantic_guide == "dinov2":

@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 
 from ..config import ConfigError, GeneratorConfig
 from ..data.folder import BadItem, Batch, ImageFolderDataset, find_classes, split_dir
+from ..data.fresh import FreshPictures
 from ..loading import _tokenizer_config, load_tokenizer, save_generator
 from ..models.generator import Generator, scale_levels
 from .engine import Trainer, TrainingError, all_reduce_
@@ -85,7 +86,10 @@ class GeneratorTrainer(Trainer):
     # data ------------------------------------------------------------------------------------------------------------
     def train_dataset(self) -> Dataset:
         o, c = self.opts, self.model_config
-        if o.codes_cache:
+        if o.fresh_pictures:
+            data = FreshPictures(split_dir(o.data_path, "train"), c.tokenizer.image_size, flip=o.hflip,
+                                 seed=o.global_seed)
+        elif o.codes_cache:
             data = CodesDataset(o.codes_cache, flip=o.hflip, seed=o.global_seed)
             check_cache_tokenizer(o.codes_cache, data.meta, self.tok, self.tok_fingerprint)
         elif o.data_path:

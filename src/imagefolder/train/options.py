@@ -127,6 +127,9 @@ class CommonOptions:
 
     data_path: str = ""                  # training images, ImageFolder layout (DIR/CLASS/img.png), or DIR with train/
     val_data_path: str | None = None     # validation images (default: DATA/val when it exists)
+    fresh_pictures: bool = False         # a make-dataset folder only: draw new training pictures every epoch (epoch
+                                         # e = pictures e*N..(e+1)*N-1 of the set's training stream; epoch 0 = the
+                                         # folder's own), so no picture is seen twice
     cloud_save_path: str = "runs/train"  # output folder (--out overrides it)
     model_preset: str = ""               # named model configuration the model keys are applied to
     epochs: int = 1
@@ -201,7 +204,7 @@ def generator_model_config(preset: str, model_vals: dict[str, Any]) -> Generator
 
 # tokenizer training ----------------------------------------------------------------------------------------------
 TOKENIZER_ACCEPTED_ONLY: dict[str, tuple] = {
-    "vq_model": ("VQ-16", "VQ-8"), "codebook_l2_norm": (True,),
+    "vq_model": ("VQ-16", "VQ-8"),
     "entropy_loss_ratio": (0, 0.0), "detail_guide": ("none",), "lfq": (False,),
     "dataset": ("imagenet", "imagefolder"), "norm_type": ("bn",), "disc_reinit": (0,), "debug_disc": (False,),
     "guide_type_1": ("class",), "guide_type_2": ("class",), "no_local_save": (False,),
@@ -323,6 +326,9 @@ class GeneratorTrainOptions(CommonOptions):
         if self.warmup_epochs == 0 and self.warmup_steps is None:
             self.warmup_epochs = self.epochs / 50
         self.check_common()
+        if self.codes_cache and self.fresh_pictures:
+            raise ConfigError("fresh_pictures draws new pictures every epoch, a codes cache holds fixed ones: drop "
+                              "codes_cache (the pictures are then tokenized on the fly)")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.val_samples < 0 or self.sample_top_k < 0 or not 0.0 <= self.sample_top_p <= 1.0:

@@ -23,6 +23,7 @@ from torchvision.transforms.functional import gaussian_blur
 
 from ..checkpoint import save_model
 from ..data.folder import ImageFolderDataset, split_dir
+from ..data.fresh import FreshPictures
 from ..losses import LeCam, adaptive_weight, build_discriminator, build_perceptual, d_loss, diff_augment, g_loss
 from ..metrics.image_quality import psnr, ssim
 from ..models.tokenizer import Tokenizer
@@ -55,8 +56,9 @@ class TokenizerTrainer(Trainer):
     def train_dataset(self):
         if not self.opts.data_path:
             raise TrainingError("no training data: set data_path in the config or pass --data-path DIR")
-        self.train_set = ImageFolderDataset(split_dir(self.opts.data_path, "train"), self.model_config.image_size,
-                                            flip=True, seed=self.opts.global_seed)
+        root, size, seed = split_dir(self.opts.data_path, "train"), self.model_config.image_size, self.opts.global_seed
+        self.train_set = (FreshPictures(root, size, flip=True, seed=seed) if self.opts.fresh_pictures
+                          else ImageFolderDataset(root, size, flip=True, seed=seed))
         return self.train_set
 
     def _val_dataset(self) -> ImageFolderDataset | None:
