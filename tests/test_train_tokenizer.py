@@ -146,6 +146,27 @@ def test_lora_and_frozen_tuning_export_plain_weights(data, tmp_path):
     assert not any("lora" in k for k in tok.state_dict())
 
 
+@pytest.mark.parametrize("encoder", ["vit", "cnn"])
+def test_freeze_codes_trains_only_the_decoder_and_keeps_every_code(data, tmp_path, encoder):
+    extra = TINY_CNN_TOKENIZER if encoder == "cnn" else {}
+    _trainer(data, tmp_path / "base", max_steps=2, **extra).fit()
+    with pytest.raises(ConfigError, match="freeze_codes .* vq_ckpt"):
+        _trainer(data, tmp_path / "x", max_steps=1, freeze_codes=True, **extra)
+    t = _trainer(data, tmp_path / "tune", max_steps=2, freeze_codes=True, vq_ckpt=str(tmp_path / "base" / "last"),
+                 **{**extra, "lr": 1e-2})
+    t.fit()
+    trainable = {n.split(".")[0] for n, p in t.tok.named_parameters() if p.requires_grad}
+    assert trainable == {"decoder", "post_quant_conv"}
+    before, after = _weights(tmp_path / "base" / "last"), _weights(tmp_path / "tune" / "last")
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"decoder", "post_quant_conv", "quantizes"}  # quantizes: only the code-usage statistics
+    assert all(k.endswith("ema_vocab_hit_SV") for k in before if k.startswith("quantizes")
+               and not torch.equal(before[k], after[k]))
+    x = torch.rand(3, 3, 16, 16) * 2 - 1
+    codes = [load_tokenizer(tmp_path / run / "last").encode(x) for run in ("base", "tune")]
+    assert all(torch.equal(a, b) for ba, bb in zip(*codes) for a, b in zip(ba, bb))
+
+
 def test_official_config_is_accepted_and_unknown_keys_are_named():
     opts, model = load_options(TokenizerTrainOptions, TOKENIZER_ACCEPTED_ONLY,
                                REF / "official-tokenizer.yaml", {"data_path": "x"})

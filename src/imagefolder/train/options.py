@@ -220,6 +220,9 @@ class TokenizerTrainOptions(CommonOptions):
     vq_ckpt: str | None = None           # initial weights: an official .pt or one of our checkpoints
     semantic_teacher: str | None = None  # classifier checkpoint (train-classifier) when semantic_guide: classifier
     finetune: bool = False               # accepted for compatibility: vq_ckpt always initialises weights only
+    freeze_codes: bool = False           # train only what turns codes into pixels (post_quant_conv, decoder): the
+                                         # encoder, quant_conv and quantizers stay as vq_ckpt has them, so every
+                                         # code (and a generator trained on them) stays valid
     enc_tuning_method: str = "full"      # full | lora | frozen
     dec_tuning_method: str = "full"
     lora_r: int = 16
@@ -274,6 +277,8 @@ class TokenizerTrainOptions(CommonOptions):
         for name, allowed in checks:
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        if self.freeze_codes and not self.vq_ckpt:
+            raise ConfigError("freeze_codes keeps the codes of a trained tokenizer: give it as vq_ckpt")
         from ..losses.domain_perceptual import parse_perceptual_net
         try:
             parse_perceptual_net(self.perceptual_net)

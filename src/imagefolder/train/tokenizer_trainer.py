@@ -108,6 +108,10 @@ class TokenizerTrainer(Trainer):
         for part, method in ((tok.encoder, o.enc_tuning_method), (tok.decoder, o.dec_tuning_method)):
             backbone = getattr(part, "model", part)  # the timm ViT inside a ViT part; a conv part is its own
             apply_tuning(backbone, method, r=o.lora_r, alpha=o.lora_alpha, dropout=o.lora_dropout)
+        if o.freeze_codes:  # only post_quant_conv and the decoder learn; the codes of every picture stay put
+            for name, part in tok.named_children():
+                if name not in ("decoder", "post_quant_conv"):
+                    part.requires_grad_(False)
         for q in tok.quantizes:  # phi convs no scale uses never get a gradient; DDP needs them marked frozen
             K = len(q.v_patch_nums)
             used = {q.quant_resi.index(si, K) for si in range(K)}
