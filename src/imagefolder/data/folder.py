@@ -17,7 +17,7 @@ from typing import NamedTuple, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from .images import ImageError, find_images, load_image
+from .images import ImageError, find_images, load_image, printable
 
 
 class BadItem(NamedTuple):
@@ -76,7 +76,15 @@ class ImageFolderDataset(Dataset):
         self.root = Path(root)
         self.image_size = image_size
         self.flip, self.seed, self.epoch = flip, seed, 0
-        self.classes = list(classes) if classes is not None else find_classes(self.root)
+        own = find_classes(self.root)
+        if classes is not None:  # e.g. a validation set labelled by the training set's classes
+            foreign = [c for c in own if c not in set(classes)]
+            if foreign:
+                raise ImageError(f"{printable(str(self.root))}: class folder(s) {', '.join(map(printable, foreign[:5]))}"
+                                 f" are not classes of the training data ({', '.join(map(printable, classes[:5]))}"
+                                 f"{' ...' if len(classes) > 5 else ''}); their images would get no label or the "
+                                 "wrong one. Rename or remove them.")
+        self.classes = list(classes) if classes is not None else own
         self.samples: list[tuple[Path, int]] = []
         for label, name in enumerate(self.classes):
             folder = self.root / name
@@ -85,7 +93,9 @@ class ImageFolderDataset(Dataset):
             try:
                 self.samples += [(p, label) for p in find_images(folder)]
             except ImageError:
-                continue  # an empty class folder; the whole set being empty is the error below
+                if classes is None:  # the folders define the classes: an empty one would be a class never seen
+                    raise ImageError(f"{printable(str(folder))}: a class folder with no images (every folder under "
+                                     f"{printable(str(self.root))} is a class); add its images or remove it") from None
         if not self.samples:
             raise ImageError(f"{self.root}: no images in its class folders ({', '.join(self.classes[:5])}"
                              f"{' ...' if len(self.classes) > 5 else ''})")

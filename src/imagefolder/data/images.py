@@ -19,6 +19,15 @@ class ImageError(ValueError):
     """An image file cannot be used (unreadable, corrupt) or a folder holds no images; the message names it."""
 
 
+def printable(text: str) -> str:
+    """``text`` with bytes that are not UTF-8 (file names on POSIX may hold any bytes) written as escapes, so it
+    can go to a log, a terminal or JSON."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")  # the original bytes
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def find_images(root: str | Path) -> list[Path]:
     """All image files under ``root`` (recursive, by extension, case-insensitive), sorted by their relative path.
 
@@ -43,11 +52,29 @@ def load_rgb(path: str | Path) -> Image.Image:
     try:
         with Image.open(path) as img:
             img.load()
-            return img.convert("RGB")
+            return _to_rgb(img)
     except FileNotFoundError:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ImageError(f"{path}: cannot read image ({e})") from None
+        raise ImageError(f"{printable(str(path))}: cannot read image ({printable(str(e))})") from None
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """RGB with 8 bits per channel. Pillow's own conversion clips 16-bit and 32-bit grey levels at 255 (a 16-bit
+    PNG would come out near-white), so those are scaled to 0..255 here; float images are taken as 0..1."""
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        if img.mode == "F":
+            scale = 255.0 if a.size and np.nanmax(a) <= 1.0 else 1.0
+        elif img.mode == "I" and a.size and a.max() <= 255 and img.format not in ("PNG", "TIFF"):
+            scale = 1.0
+        else:
+            scale = 255.0 / 65535.0  # 16-bit samples (Pillow keeps them in mode I;16* or I)
+        grey = np.clip(np.nan_to_num(a * scale), 0, 255).round().astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")  # Pillow warns when a palette image with transparency goes straight to RGB
+    return img.convert("RGB")
 
 
 def center_crop_arr(img: Image.Image, size: int) -> np.ndarray:

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..data.folder import ImageFolderDataset, collate_skip_bad, split_dir
-from ..data.images import ImageError
+from ..data.images import ImageError, printable
 from ..distributed import pick_device
 from ..models.classifier import DomainClassifier, classifier_preset, save_classifier
 
@@ -141,9 +141,15 @@ def train_classifier(data: str | Path, out: str | Path, *, preset: str = "tiny",
                 bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / max(1, seen):.3f}",
                                 train_acc=f"{correct / max(1, seen):.3f}", refresh=False)
+            if not seen and not stopped:  # a whole epoch without one readable image: more would not help
+                raise ImageError(f"{printable(str(train.root))}: none of its {len(train)} images could be read "
+                                 f"(e.g. {printable(sorted(bad)[0]) if bad else '?'}); fix or replace the files")
             if val is not None:
                 val_acc, val_seen, val_bad = accuracy(model, val, device, workers)
                 bad.update(val_bad)
+                if not val_seen:
+                    raise ImageError(f"{printable(str(val.root))}: none of its {len(val)} validation images could "
+                                     f"be read (e.g. {printable(val_bad[0]) if val_bad else '?'}); fix or remove them")
                 bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / max(1, seen):.3f}",
                                 train_acc=f"{correct / max(1, seen):.3f}", val_acc=f"{val_acc:.3f}")
             if seen:

@@ -14,6 +14,8 @@ import abc
 import contextlib
 import dataclasses
 import math
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -26,15 +28,62 @@ from tqdm import tqdm
 
 from ..checkpoint import TRAIN_FORMAT
 from ..data.folder import Batch, collate_skip_bad
+from ..data.images import printable
 from ..distributed import DistInfo, all_gather_object
 from .logger import RunLogger
 from .optim import lr_factor, set_lr
 from .sampler import ResumableSampler
-from .state import Checkpoints, load_train_state, rng_state, set_rng_state
+from .state import Checkpoints, load_train_state, remove_stale_temporaries, rng_state, set_rng_state
+
+# the share of a run's steps that may be skipped as non-finite before the run counts as failed
+MAX_NONFINITE_SHARE = 0.5
 
 
 class TrainingError(RuntimeError):
     """A run cannot go on (e.g. it keeps producing non-finite losses); the message says why and what to change."""
+
+
+class Interrupted(TrainingError):
+    """SIGTERM / SIGINT arrived during training; a resumable checkpoint was written first."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def rng_preserved():
+    """Run a block (e.g. building a model to export) without moving any random stream the training draws from."""
+    saved = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(saved)
+
+
+@contextlib.contextmanager
+def stop_signals_noted(flag: dict):
+    """While training, SIGTERM and SIGINT only set ``flag['signum']``; the loop saves a checkpoint and stops.
+    A second signal of the same kind acts as usual (a stuck run can still be killed)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+
+    def note(signum, frame):
+        if flag.get("signum") == signum:  # the second one: give up waiting for the step to end
+            signal.signal(signum, previous[signum])
+            signal.raise_signal(signum)
+            return
+        flag["signum"] = signum
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous[sig] = signal.signal(sig, note)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _active() -> bool:
@@ -98,6 +147,9 @@ class Trainer(abc.ABC):
         self.best_value: float | None = None
         self.history: list[dict[str, float]] = []
         self.ckpts = Checkpoints(self.out, opts.keep_checkpoints)
+        if self.resume_path is None and self.ckpts.all():
+            raise TrainingError(f"{printable(str(self.out))} holds the checkpoints of an earlier run; continue it with "
+                                "--resume auto, or start afresh in a new --out (or with --overwrite)")
         self.log = RunLogger(self.out, enabled=info.is_main, tensorboard=opts.tensorboard, wandb=opts.wandb,
                              wandb_project=opts.wandb_project, run_config=self.run_config())
         self.scalers: dict[str, torch.amp.GradScaler] = {}
@@ -219,20 +271,29 @@ class Trainer(abc.ABC):
         while True:
             if hasattr(dataset, "set_epoch"):
                 dataset.set_epoch(self.epoch)
+            whole_epoch = self.micro_in_epoch == 0
             sampler.set_epoch(self.epoch, self.micro_in_epoch * self.micro_batch)
             group: list[Batch] = []
+            readable, first_bad = 0, None
             for batch in loader:
                 self.micro_in_epoch += 1
                 if batch.bad:
+                    first_bad = first_bad or batch.bad[0]
                     for item in batch.bad:
                         self.bad_files.append(item.path)
-                        self.log.line(f"skipped unreadable file {item.path}: {item.reason}")
+                        self.log.line(f"skipped unreadable file {printable(item.path)}: {printable(item.reason)}")
                 if batch.images.numel():
                     group.append(batch)
+                    readable += batch.images.shape[0]
                 if self.micro_in_epoch % A == 0:
                     if group:
                         yield group
                     group = []
+            if whole_epoch and not readable:  # another epoch would find nothing either: stop instead of spinning
+                where = getattr(dataset, "root", None) or getattr(dataset, "path", "the training set")
+                example = f", e.g. {printable(first_bad.path)}: {printable(first_bad.reason)}" if first_bad else ""
+                raise TrainingError(f"{printable(str(where))}: not one training item could be read in a whole epoch "
+                                    f"({len(dataset)} skipped{example}); fix or replace the files")
             self.epoch += 1
             self.micro_in_epoch = 0
 
@@ -249,13 +310,27 @@ class Trainer(abc.ABC):
                  "scalers": {k: s.state_dict() for k, s in self.scalers.items()}, **self.run_config()}
         if self.info.is_main:
             self.ckpts.save(self.step, state)
-            self.export(self.out / "last")
+            with rng_preserved():  # the state above is what a resumed run continues from: draw nothing after it
+                self.export(self.out / "last")
 
     def _resume(self) -> None:
         state = load_train_state(self.resume_path)
         if state.get("kind") != self.kind:
             raise TrainingError(f"{self.resume_path} is a {state.get('kind')} training checkpoint, not a {self.kind} one")
-        self.load_model_states(state["models"])
+        theirs, ours = state.get("model"), self.model_config.to_dict()
+        if isinstance(theirs, dict) and theirs != ours:
+            diff = [f"{k} {theirs.get(k)!r} -> {ours.get(k)!r}" for k in sorted(set(theirs) | set(ours))
+                    if theirs.get(k) != ours.get(k)]
+            raise TrainingError(f"{self.resume_path}: the model configuration differs from the checkpoint's "
+                                f"({'; '.join(diff[:4])}); resume with the run's own settings or start a new run")
+        try:
+            self.load_model_states(state["models"])
+        except (RuntimeError, KeyError, ValueError) as e:
+            if isinstance(e, TrainingError):
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise TrainingError(f"{self.resume_path}: the checkpoint does not fit this run ({first[:300]}); resume "
+                                "with the run's own settings or start a new run") from None
         for k, s in state.get("scalers", {}).items():
             if self.scaler(k):
                 self.scalers[k].load_state_dict(s)
@@ -268,6 +343,18 @@ class Trainer(abc.ABC):
                           f"{self.info.world_size}: random streams restart from the checkpoint's first one")
         set_rng_state(rngs[self.info.rank % len(rngs)])
         self.log.line(f"resumed from {self.resume_path} at step {self.step} (epoch {self.epoch})")
+
+    def check_validation_data(self) -> None:
+        """Hook: find validation-data problems (missing folder, foreign classes) before the first step."""
+
+    def note_unreadable_validation(self, root, bad: list, total: int) -> None:
+        """Log the validation files that could not be read; an error when none of the ``total`` picked could."""
+        for item in bad:
+            self.log.line(f"validation: skipped unreadable file {printable(item.path)}: {printable(item.reason)}")
+        if total and len(bad) >= total:
+            example = f" (e.g. {printable(bad[0].path)}: {printable(bad[0].reason)})" if bad else ""
+            raise TrainingError(f"validation set {printable(str(root))}: none of the {total} images could be read"
+                                f"{example}; fix the files, point val_data_path elsewhere, or set val_every 0")
 
     def _validate_and_keep_best(self) -> dict[str, float]:
         metrics = self.validate()
@@ -282,14 +369,20 @@ class Trainer(abc.ABC):
             if better:
                 self.best_value = value
                 if self.info.is_main:
-                    self.export(self.out / "best")
+                    with rng_preserved():
+                        self.export(self.out / "best")
                     self.log.line(f"new best {name} {value:.4g}: {self.out / 'best'}")
         return metrics
 
     def fit(self) -> dict[str, Any]:
         """Train to ``max_steps`` / ``epochs``; returns a summary (steps, images/s, last validation, skips)."""
         torch.manual_seed(self.opts.global_seed)  # the same initial weights in every process
+        if self.info.is_main:
+            for p in remove_stale_temporaries(self.out):
+                self.log.line(f"removed {printable(str(p))}, left by an interrupted write")
         dataset = self.train_dataset()
+        if self.opts.val_every:
+            self.check_validation_data()
         loader, sampler = self._loader(dataset)
         A = self.opts.gradient_accumulation_steps
         self.steps_per_epoch = len(loader) // A
@@ -310,41 +403,69 @@ class Trainer(abc.ABC):
                       f"{self.micro_batch} x {A} accumulation) on {self.device}")
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.show_progress, desc=f"train {self.kind}",
                    dynamic_ncols=True)
-        t0, images, last_val, logs = time.time(), 0, {}, {}
-        self._t_start = t0
+        t0, last_val = time.time(), {}
+        self._t_start, self._images, self._logs = t0, 0, {}
+        start_step = self.step
         batches = self._micro_batches(loader, sampler, dataset)
-        while self.step < self.total_steps:
-            if self.opts.time_budget_minutes and self.budget_share() >= 1.0:
-                over = torch.tensor(1.0, device=self.device)
-            else:
-                over = torch.tensor(0.0, device=self.device)
-            if float(all_reduce_(over, dist.ReduceOp.MAX if _active() else None)) > 0:  # every process stops together
-                self.log.line(f"time budget of {self.opts.time_budget_minutes} min reached at step {self.step}")
-                break
-            micro = next(batches)
-            logs = self.train_step(micro)
-            images += sum(b.images.shape[0] for b in micro) * self.info.world_size
-            self.step += 1
-            bar.update(1)
-            bar.set_postfix({k: f"{v:.3g}" for k, v in list(logs.items())[:4]}, refresh=False)
-            if self.step % self.opts.log_every == 0 or self.step == self.total_steps:
-                rate = images / max(time.time() - t0, 1e-9)
-                self.log.scalars({**logs, "images_per_s": rate, "nonfinite_total": self.nonfinite_total}, self.step)
-                self.history.append({"step": self.step, **logs})
-            if self.step == self.total_steps:
-                break
-            if self.opts.val_every and self.step % self.opts.val_every == 0:
-                last_val = self._validate_and_keep_best()
-            if self.step % self.opts.ckpt_every == 0:
-                self._save()
+        stop = {}
+        with stop_signals_noted(stop):
+            while self.step < self.total_steps:
+                signum = float(stop.get("signum", 0))
+                over = 1.0 if self.opts.time_budget_minutes and self.budget_share() >= 1.0 else 0.0
+                flags = all_reduce_(torch.tensor([signum, over], device=self.device),
+                                    dist.ReduceOp.MAX if _active() else None)  # every process stops together
+                if flags[0] > 0:
+                    self._stop_for_signal(int(flags[0]), bar)
+                if flags[1] > 0:
+                    self.log.line(f"time budget of {self.opts.time_budget_minutes} min reached at step {self.step}")
+                    break
+                if self._one_step(batches, bar):
+                    break
         bar.close()
         seconds = time.time() - t0
         if self.opts.val_every:
             last_val = self._validate_and_keep_best()
         self._save()
-        summary = {"steps": self.step, "seconds": seconds, "images_per_s": images / max(seconds, 1e-9),
+        summary = {"steps": self.step, "seconds": seconds, "images_per_s": self._images / max(seconds, 1e-9),
                    "nonfinite_skipped": self.nonfinite_total, "bad_files": len(self.bad_files),
-                   "last_train": logs, "last_val": last_val, "out": str(self.out)}
+                   "last_train": self._logs, "last_val": last_val, "out": str(self.out),
+                   "best": str(self.out / "best") if (self.out / "best" / "config.json").is_file() else None}
         self.log.line(f"done: {summary}")
         self.log.close()
+        ran = self.step - start_step
+        if ran and self.nonfinite_total > MAX_NONFINITE_SHARE * self.step:
+            raise TrainingError(f"{self.nonfinite_total} of {self.step} steps were skipped as non-finite, so the "
+                                f"model in {printable(str(self.out / 'last'))} is barely trained; lower lr, set "
+                                "max_grad_norm, or use mixed_precision none/bf16")
         return summary
+
+    def _stop_for_signal(self, signum: int, bar) -> None:
+        """Write a resumable checkpoint of the current step, then raise ``Interrupted``."""
+        bar.close()
+        name = signal.Signals(signum).name if signum in iter(signal.Signals) else str(signum)
+        self._save()
+        where = self.ckpts.path(self.step)
+        self.log.line(f"{name} at step {self.step}: saved {where}; continue with --resume auto")
+        self.log.close()
+        raise Interrupted(f"stopped by {name} at step {self.step}; checkpoint {printable(str(where))} written, "
+                          "continue with --resume auto", signum)
+
+    def _one_step(self, batches, bar) -> bool:
+        """One optimizer step, its logging, validation and checkpoint; True when the run has reached its end."""
+        micro = next(batches)
+        self._logs = logs = self.train_step(micro)
+        self._images += sum(b.images.shape[0] for b in micro) * self.info.world_size
+        self.step += 1
+        bar.update(1)
+        bar.set_postfix({k: f"{v:.3g}" for k, v in list(logs.items())[:4]}, refresh=False)
+        if self.step % self.opts.log_every == 0 or self.step == self.total_steps:
+            rate = self._images / max(time.time() - self._t_start, 1e-9)
+            self.log.scalars({**logs, "images_per_s": rate, "nonfinite_total": self.nonfinite_total}, self.step)
+            self.history.append({"step": self.step, **logs})
+        if self.step == self.total_steps:
+            return True
+        if self.opts.val_every and self.step % self.opts.val_every == 0:
+            self._validate_and_keep_best()
+        if self.step % self.opts.ckpt_every == 0:
+            self._save()
+        return False

@@ -104,12 +104,22 @@ class GeneratorTrainer(Trainer):
         return data
 
     def _val_dataset(self) -> ImageFolderDataset | None:
-        root = self.opts.val_data_path
-        if root is None:
-            if not self.opts.data_path or not (Path(self.opts.data_path) / "val").is_dir():
-                return None
-            root = str(Path(self.opts.data_path) / "val")
-        return ImageFolderDataset(root, self.model_config.tokenizer.image_size, classes=self.classes)
+        """The validation set, scanned once (at the start when validation is on) and kept; None when none."""
+        if not hasattr(self, "_val"):
+            root = self.opts.val_data_path
+            if root is None:
+                if not self.opts.data_path or not (Path(self.opts.data_path) / "val").is_dir():
+                    self._val = None
+                    return None
+                root = str(Path(self.opts.data_path) / "val")
+            elif not Path(root).is_dir():
+                raise FileNotFoundError(f"val_data_path {root}: no such folder (give the validation images' folder, "
+                                        "or leave val_data_path unset and set val_every 0)")
+            self._val = ImageFolderDataset(root, self.model_config.tokenizer.image_size, classes=self.classes)
+        return self._val
+
+    def check_validation_data(self) -> None:
+        self._val_dataset()  # a missing folder or foreign class folders stop the run before step 1
 
     # model -----------------------------------------------------------------------------------------------------
     def build(self) -> None:
@@ -185,8 +195,10 @@ class GeneratorTrainer(Trainer):
         level_L = scale_levels(pn, dev)[0]
         K, P = len(pn), self.gen.P
         stats = torch.zeros(2 + K, device=dev)  # loss sum, images, correct codes per scale
+        unreadable: list[BadItem] = []
         for start in range(0, len(mine), self.micro_batch):
             items = [val[i] for i in mine[start:start + self.micro_batch]]
+            unreadable += [it for it in items if isinstance(it, BadItem)]
             items = [it for it in items if not isinstance(it, BadItem)]
             if not items:
                 continue
@@ -201,6 +213,7 @@ class GeneratorTrainer(Trainer):
             stats[2:] += torch.zeros(K, device=dev).index_add_(0, level_L, correct_L)
         all_reduce_(stats)
         images = float(stats[1])
+        self.note_unreadable_validation(val.root, unreadable, len(mine) if images == 0 else 0)
         if images == 0:
             return {}
         per_scale = torch.tensor([pn_ * pn_ for pn_ in pn], device=dev) * P * images

@@ -23,7 +23,8 @@ class RunLogger:
         if not enabled:
             return
         self.out.mkdir(parents=True, exist_ok=True)
-        self._text = open(self.out / "log.txt", "a", buffering=1)
+        self._text = open(self.out / "log.txt", "a", buffering=1, encoding="utf-8",
+                          errors="backslashreplace")  # file names that are not UTF-8 are written escaped
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
             self._tb = SummaryWriter(str(self.out / "tb"))

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from ..checkpoint import atomic_write
 from ..config import TokenizerConfig
 from ..data.folder import BadItem, ImageFolderDataset, collate_skip_bad, flip_decision
+from ..data.images import ImageError, printable
 from ..models.tokenizer import Codes, Tokenizer
 from .engine import TrainingError
 
@@ -99,6 +100,10 @@ def pretokenize(tokenizer: Tokenizer, root: str | Path, out: str | Path, *, batc
         both = codes_BPL(tokenizer.encode(torch.cat([x, x.flip(-1)])))  # (2B, P, L): as is, then mirrored
         codes_N2PL[batch.indices] = both.view(2, -1, P, L).transpose(0, 1).to(codes_N2PL.dtype).cpu()
     seconds = time.perf_counter() - start
+    if N and len(bad) == N:
+        first = next(iter(bad.values()))
+        raise ImageError(f"{printable(str(root))}: none of its {N} images could be read (e.g. "
+                         f"{printable(first['path'])}: {printable(first['reason'])}); no codes cache written")
     meta = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "root": str(Path(root).resolve()),
             "classes": data.classes, "num_images": N, "unreadable": bad, "tokenizer_config": cfg.to_dict(),
             "tokenizer_fingerprint": fingerprint}
@@ -165,6 +170,10 @@ class CodesDataset(Dataset):
         self.flip, self.seed, self.epoch = flip, seed, 0
         self._arrays: dict[str, np.ndarray] = {}  # memory maps, opened in the process that reads them
         self.unreadable: dict[str, dict[str, str]] = dict(self.meta.get("unreadable", {}))
+        if len(self) and not self._array("valid").any():
+            raise CodesCacheError(f"{self.path}: none of its {len(self)} images was readable when it was made "
+                                  f"(from {self.meta.get('root')}); fix the images and run imagefolder pretokenize again")
+        self._arrays = {}  # opened again where they are read (a worker process)
 
     def _array(self, name: str) -> np.ndarray:
         if name not in self._arrays:

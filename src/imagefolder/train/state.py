@@ -72,10 +72,29 @@ class Checkpoints:
 
     def save(self, step: int, state: dict[str, Any]) -> Path:
         path = self.path(step)
-        atomic_write(path, lambda tmp: torch.save(state, tmp))
+        atomic_write(path, lambda tmp: _torch_save(state, tmp))
         for old in self.all()[:-self.keep]:
             old.unlink(missing_ok=True)
         return path
+
+
+def remove_stale_temporaries(out_dir: str | Path) -> list[Path]:
+    """Delete the temporary files of writes that a killed run left behind in OUT (checkpoints/, last/, best/):
+    ``atomic_write`` names them ``.NAME.XXXXXX.tmp`` and renames them when complete, so none is ever read."""
+    removed = []
+    for folder in (Path(out_dir) / "checkpoints", Path(out_dir) / "last", Path(out_dir) / "best"):
+        if folder.is_dir():
+            for p in folder.iterdir():
+                if p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file():
+                    p.unlink(missing_ok=True)
+                    removed.append(p)
+    return removed
+
+
+def _torch_save(state: dict[str, Any], path: str) -> None:
+    """``torch.save`` through a Python file, so a failed write (a full disk) is an OSError naming its errno."""
+    with open(path, "wb") as f:
+        torch.save(state, f)
 
 
 def load_train_state(path: str | Path) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torchvision.transforms.functional import gaussian_blur
 
 from ..checkpoint import save_model
-from ..data.folder import ImageFolderDataset, split_dir
+from ..data.folder import BadItem, ImageFolderDataset, split_dir
 from ..data.fresh import FreshPictures
 from ..losses import LeCam, adaptive_weight, build_discriminator, build_perceptual, d_loss, diff_augment, g_loss
 from ..metrics.image_quality import psnr, ssim
@@ -74,7 +74,13 @@ class TokenizerTrainer(Trainer):
             if not candidate.is_dir():
                 return None
             root = str(candidate)
+        elif not Path(root).is_dir():
+            raise FileNotFoundError(f"val_data_path {root}: no such folder (give the validation images' folder, or "
+                                    "leave val_data_path unset and set val_every 0)")
         return ImageFolderDataset(root, self.model_config.image_size, classes=self.train_set.classes)
+
+    def check_validation_data(self) -> None:
+        self._val_dataset()  # scanned now: a missing folder or foreign class folders stop the run before step 1
 
     # model -----------------------------------------------------------------------------------------------------------
     def _teacher(self):
@@ -283,11 +289,12 @@ class TokenizerTrainer(Trainer):
         stats = torch.zeros(3, device=dev)  # psnr sum, ssim sum, count
         if self._rfid is None and self.opts.rfid_features != "none":
             self._rfid = self._rfid_extractor() or False
-        reals, fakes, grid = [], [], None
+        reals, fakes, grid, unreadable = [], [], None, []
         bs = self.micro_batch
         for start in range(0, len(mine), bs):
             items = [val[i] for i in mine[start:start + bs]]
-            items = [it for it in items if not hasattr(it, "reason")]
+            unreadable += [it for it in items if isinstance(it, BadItem)]
+            items = [it for it in items if not isinstance(it, BadItem)]
             if not items:
                 continue
             x = torch.stack([it[0] for it in items]).to(dev)
@@ -307,6 +314,10 @@ class TokenizerTrainer(Trainer):
                 grid = (x[:8], [r.float() for r in tok.reconstruct_per_scale(x[:8])])
         all_reduce_(hist)
         all_reduce_(stats)
+        if float(stats[2]) == 0:
+            self.note_unreadable_validation(val.root, unreadable, len(mine))
+        else:
+            self.note_unreadable_validation(val.root, unreadable, 0)
         count = max(float(stats[2]), 1.0)
         used = (hist > 0).float().mean(dim=-1)  # (P, K)
         metrics = {"psnr": float(stats[0]) / count, "ssim": float(stats[1]) / count,
