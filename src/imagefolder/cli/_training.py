@@ -3,6 +3,7 @@ overrides of any config key, process-group setup, and the end-of-run summary."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_training_args(p: argparse.ArgumentParser, what: str) -> None:
@@ -14,6 +15,9 @@ def add_training_args(p: argparse.ArgumentParser, what: str) -> None:
                    "spans the configured epochs)")
     p.add_argument("--resume", metavar="auto|PATH", help="continue a run: 'auto' = the newest complete checkpoint in "
                    "OUT (starts fresh when there is none); PATH = a checkpoint file or folder")
+    p.add_argument("--overwrite", action="store_true", help="start afresh in an OUT that holds an earlier run: its "
+                   "checkpoints/, last/, best/, tb/, log.txt and metrics.jsonl are deleted first (without this, a "
+                   "non-empty OUT is refused unless --resume is given)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to OUT/log.txt)")
 
 
@@ -26,16 +30,62 @@ def collect_overrides(args: argparse.Namespace, extra: list[str]) -> dict:
     return over
 
 
+RUN_ENTRIES = ("checkpoints", "last", "best", "tb", "wandb", "log.txt", "metrics.jsonl")
+
+
+def prepare_out(out: str | Path, resume: str | None, overwrite: bool, is_main: bool) -> None:
+    """Refuse an --out that cannot hold this run: a file, or a non-empty folder without --resume / --overwrite
+    (a second run would replace the first one's best/ and mix its checkpoints into --resume auto).
+    ``--overwrite`` deletes the earlier run's files (only those a run writes) on the main process."""
+    from ..data.images import printable
+    from . import UsageError
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {printable(str(out))} is a file; give a folder for the run")
+    if resume and overwrite:
+        raise UsageError("--resume continues the run in OUT and --overwrite deletes it: give one of them")
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if not entries or resume:
+        if resume == "auto" and entries and not (out / "checkpoints").is_dir() and \
+                any((out / d).exists() for d in ("last", "best")):
+            raise UsageError(f"--resume auto: {printable(str(out))} holds a model but no training checkpoint to "
+                             "continue; start afresh with --overwrite or choose another --out")
+        return
+    if not overwrite:
+        ours = [e for e in entries if e in RUN_ENTRIES]
+        what = f"the run files {', '.join(ours[:4])}" if ours else f"{len(entries)} other entries (e.g. {entries[0]})"
+        raise UsageError(f"--out {printable(str(out))} is not empty ({printable(what)}); continue that run with "
+                         "--resume auto, start afresh with --overwrite, or choose another --out")
+    if is_main:
+        import shutil
+        for name in RUN_ENTRIES:
+            p = out / name
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            elif p.exists() or p.is_symlink():
+                p.unlink()
+
+
 def run_training(trainer_cls, opts, model_config, args) -> int:
-    """Join the process group (torchrun), train, print the summary; non-main processes stay quiet."""
-    from ..distributed import init_from_env, shutdown
+    """Join the process group (torchrun), train, print the summary; non-main processes stay quiet.
+    SIGTERM / SIGINT during training write a resumable checkpoint, then the command exits with 128 + the signal."""
+    import sys
+
+    from ..distributed import barrier, init_from_env, shutdown
+    from ..train.engine import Interrupted
     from ..train.state import resolve_resume
     out = args.out or opts.cloud_save_path
     info = init_from_env(opts.device)
     try:
+        prepare_out(out, args.resume, getattr(args, "overwrite", False), info.is_main)
+        barrier()  # the main process has cleared OUT before any process looks at it
         resume = resolve_resume(args.resume, out)
         trainer = trainer_cls(opts, model_config, out, info, resume=resume, show_progress=not args.no_progress)
         summary = trainer.fit()
+    except Interrupted as e:
+        if info.is_main:
+            print(f"imagefolder {args.command}: {e}", file=sys.stderr)
+        return 128 + e.signum
     finally:
         shutdown()
     if info.is_main:
@@ -43,5 +93,5 @@ def run_training(trainer_cls, opts, model_config, args) -> int:
         print(f"trained {summary['steps']} steps in {summary['seconds']:.1f} s "
               f"({summary['images_per_s']:.1f} images/s); skipped {summary['nonfinite_skipped']} non-finite "
               f"steps and {summary['bad_files']} unreadable files" + (f"; validation: {val}" if val else ""))
-        print(f"model: {out}/last" + (f" (best: {out}/best)" if opts.save_best and summary["last_val"] else ""))
+        print(f"model: {out}/last" + (f" (best: {summary['best']})" if summary.get("best") else ""))
     return 0
