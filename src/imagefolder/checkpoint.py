@@ -7,6 +7,7 @@ Nothing here unpickles: safetensors holds only tensors, JSON only plain values.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -36,6 +37,8 @@ def _umask() -> int:
 def atomic_write(path: str | Path, write) -> None:
     """Call ``write(tmp_path)`` then move the file into place: readers never see a half-written file."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a folder; give a file name", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -45,10 +48,19 @@ def atomic_write(path: str | Path, write) -> None:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno is not None and not e.filename:
+            raise OSError(e.errno, e.strerror or os.strerror(e.errno), str(path)) from e
+        if not isinstance(e, OSError) and _says_disk_full(e):  # e.g. safetensors' SafetensorError (os error 28)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from e
         raise
+
+
+def _says_disk_full(e: BaseException) -> bool:
+    text = str(e)
+    return any(s in text for s in ("os error 28", "No space left", "StorageFull", "Disk quota exceeded"))
 
 
 def is_our_checkpoint(path: str | Path) -> bool:
@@ -83,6 +95,15 @@ def read_config(path: str | Path) -> dict[str, Any]:
     if meta.get("version", 0) > VERSION:
         raise CheckpointError(f"{cfg_path}: written by a newer imagefolder (format version {meta['version']})")
     return meta
+
+
+def config_from(cls, meta: dict[str, Any], where: str | Path):
+    """``cls.from_dict(meta["config"])`` with a wrong field or value reported as a CheckpointError naming the file."""
+    from .config import ConfigError
+    try:
+        return cls.from_dict(meta["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"{where}: its {CONFIG_NAME} does not describe a valid model ({e})") from None
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:

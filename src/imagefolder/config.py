@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -193,10 +194,58 @@ class GeneratorConfig:
 
 
 def _from_dict(cls, d: dict[str, Any]):
+    """``cls(**d)`` for a dict read from a file (config.json, a checkpoint): unknown fields and values of the wrong
+    type are a ``ConfigError`` naming the field, never a TypeError deep inside a model."""
+    _check(isinstance(d, dict), f"a {cls.__name__} must be a mapping of fields to values, got {type(d).__name__}")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names)
     _check(not unknown, f"unknown {cls.__name__} field(s): {unknown}")
-    return cls(**d)
+    hints = typing.get_type_hints(cls)
+    values = {k: _typed(cls.__name__, k, v, hints[k]) for k, v in d.items()}
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError) as e:
+        raise ConfigError(f"{cls.__name__}: impossible values ({e})") from None
+
+
+def _typed(owner: str, name: str, value: Any, hint: Any) -> Any:
+    """``value`` checked against a field annotation (int, float, bool, str, tuple[int, ...], dict, X | None, or a
+    nested config); ints are accepted for floats and lists for tuples."""
+    args = typing.get_args(hint)
+    if type(None) in args:
+        if value is None:
+            return None
+        rest = [a for a in args if a is not type(None)]
+        hint = rest[0] if len(rest) == 1 else hint
+    origin = typing.get_origin(hint)
+    bad = ConfigError(f"{owner}.{name}: {value!r} is not a valid {getattr(hint, '__name__', hint)}")
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise bad
+    elif hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+    elif hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        value = float(value)
+    elif hint is str:
+        if not isinstance(value, str):
+            raise bad
+    elif origin is tuple:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                           for v in value):
+            raise bad
+        value = tuple(value)
+    elif origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise bad
+    elif dataclasses.is_dataclass(hint):
+        if not isinstance(value, (dict, str, hint)):
+            raise bad
+    return value
 
 
 # presets ------------------------------------------------------------------------------------------------------

@@ -50,10 +50,10 @@ def load_tokenizer(spec: TokenizerSpec, *, config: TokenizerConfig | None = None
         meta = ours.read_config(path)
         state = ours.read_weights(path)
         if meta["kind"] == "generator":
-            cfg = GeneratorConfig.from_dict(meta["config"]).tokenizer
+            cfg = ours.config_from(GeneratorConfig, meta, path).tokenizer
             state = {k[len("tokenizer."):]: v for k, v in state.items() if k.startswith("tokenizer.")}
         elif meta["kind"] == "tokenizer":
-            cfg = TokenizerConfig.from_dict(meta["config"])
+            cfg = ours.config_from(TokenizerConfig, meta, path)
         else:
             raise CheckpointError(f"{path}: holds a {meta['kind']!r}, not a tokenizer")
         model = _empty(Tokenizer, config or cfg)
@@ -89,8 +89,8 @@ def _tokenizer_config(spec: TokenizerSpec) -> TokenizerConfig:
     path = Path(spec)
     if ours.is_our_checkpoint(path):
         meta = ours.read_config(path)
-        cfg = meta["config"]
-        return GeneratorConfig.from_dict(cfg).tokenizer if meta["kind"] == "generator" else TokenizerConfig.from_dict(cfg)
+        return ours.config_from(GeneratorConfig, meta, path).tokenizer if meta["kind"] == "generator" \
+            else ours.config_from(TokenizerConfig, meta, path)
     return tokenizer_config_from_checkpoint(safe_torch_load(path), str(path))
 
 
@@ -117,7 +117,7 @@ def load_generator(spec: str | Path, *, tokenizer: TokenizerSpec | None = None) 
         if tokenizer is not None:
             raise CheckpointError(f"{path}: our generator checkpoints carry their own tokenizer; a tokenizer is "
                                   "only taken for a preset or an official VAR file")
-        model = _empty(Generator, GeneratorConfig.from_dict(meta["config"]))
+        model = _empty(Generator, ours.config_from(GeneratorConfig, meta, path))
         ours.load_state_strict(model, ours.read_weights(path), str(path))
         return model.eval()
     if not path.exists():

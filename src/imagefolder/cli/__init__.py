@@ -7,6 +7,7 @@ plain line on stderr with exit status 2, never as a traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -49,17 +50,48 @@ def main(argv: list[str] | None = None) -> int:
     if extra and not getattr(args, "accepts_overrides", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.overrides = extra
-    from ..data.images import ImageError
-    from ..train.engine import TrainingError
     try:
         return int(args.run(args) or 0)
-    except (CheckpointError, ConfigError, UsageError, FileNotFoundError, NotADirectoryError, ImageError,
-            TrainingError) as e:
-        print(f"imagefolder {args.command}: error: {e}", file=sys.stderr)
+    except (*expected_errors(), OSError) as e:
+        if isinstance(e, OSError) and not _expected_os_error(e):
+            raise  # not a condition the user can fix: keep the traceback
+        print(f"imagefolder {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"imagefolder {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+# failures of the file system the user can fix (space, permissions, a file where a folder belongs, ...)
+_OS_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EEXIST, errno.EISDIR,
+              errno.ENOTDIR, errno.ENOENT, errno.ENAMETOOLONG, errno.ELOOP, errno.EFBIG}
+
+
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """The error classes the CLI reports as one line with exit status 2 (anything else keeps its traceback)."""
+    from ..data.fresh import FreshPicturesError
+    from ..data.images import ImageError
+    from ..train.engine import TrainingError
+    return (CheckpointError, ConfigError, UsageError, ImageError, TrainingError, FreshPicturesError,
+            FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError)
+
+
+def _expected_os_error(e: OSError) -> bool:
+    return e.errno in _OS_ERRNOS or isinstance(e, expected_errors())
+
+
+def one_line(e: BaseException) -> str:
+    """The message of an expected error on one line; an OSError names its file and what to do about it."""
+    from ..data.images import printable
+    if isinstance(e, OSError) and e.strerror:  # raised by the system (ours carry a whole sentence instead)
+        where = f"{e.filename}: " if e.filename else ""
+        hint = {errno.ENOSPC: "; free some space (a training run continues with --resume auto)",
+                errno.EDQUOT: "; free some space (a training run continues with --resume auto)",
+                errno.EACCES: "; check the permissions", errno.EROFS: "; write somewhere else"}.get(e.errno, "")
+        text = f"{where}{e.strerror}{hint}"
+    else:
+        text = str(e) or type(e).__name__
+    return " ".join(printable(text).split())
 
 
 if __name__ == "__main__":

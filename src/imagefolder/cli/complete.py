@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from . import HelpFormatter, UsageError
 from .reconstruct import _device
-from .sample import DTYPES, add_sampling_options, parse_classes
+from .sample import DTYPES, add_sampling_options, check_sampling_options, parse_classes
 
 
 def add_parser(sub) -> None:
@@ -76,6 +76,7 @@ def run(args) -> int:
 
     if args.num < 1 or args.batch_size < 1:
         raise UsageError("--num and --batch-size must be at least 1")
+    check_sampling_options(args)
     paths = _pictures(args.images)
     device = _device(args.device)
     gen = load_generator(args.generator, tokenizer=args.tokenizer).to(device)

@@ -6,6 +6,8 @@ not depend on the batch size, on which process draws it, or on a resumed run. Fi
 
 * ``OUT/{index:06d}_class{class:04d}.png`` per sample (written atomically; existing ones are skipped, so a killed
   run continues where it stopped: rerun it with the same options);
+* ``OUT/sample.json``: the settings the samples were made with; a run with other settings is refused unless
+  --overwrite (which deletes the earlier samples first);
 * ``OUT/grid.png``: the first 64 samples, ``--grid-cols`` per row;
 * ``OUT/samples.npz`` with ``--npz``: ``arr_0`` = uint8 (N, H, W, 3) in index order (the layout the ADM evaluator
   reads) and ``labels`` = int64 (N,), assembled from the PNG files.
@@ -16,6 +18,9 @@ one process.
 """
 from __future__ import annotations
 
+import json
+import math
+import re
 import time
 from pathlib import Path
 
@@ -65,6 +70,12 @@ def add_parser(sub) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: this process's GPU when there is one, else the CPU")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="OUT/sample.json records what its samples were made with (generator weights, seed, cfg, "
+                        "schedule, top-k, top-p, joint sampling, dtype). Samples of the same settings are kept and "
+                        "only the missing ones made (a killed run continues); when the settings differ the command "
+                        "refuses, unless --overwrite: then the earlier samples, grid and npz are deleted and made "
+                        "again")
     p.add_argument("--npz", action="store_true", help="also write OUT/samples.npz (arr_0: uint8 NHWC, labels)")
     p.add_argument("--grid-cols", type=int, metavar="N",
                    help="images per grid row (unset: --per-class, at most 16)")
@@ -97,17 +108,77 @@ def image_path(out: Path, index: int, label: int) -> Path:
     return out / f"{index:06d}_class{label:04d}.png"
 
 
+def check_sampling_options(args) -> None:
+    """--cfg finite and >= 0, --top-p in [0, 1], --top-k >= 0 (NaN and infinities are refused)."""
+    if not (math.isfinite(args.cfg) and args.cfg >= 0):
+        raise UsageError(f"--cfg must be a finite number >= 0, got {args.cfg}")
+    if not 0.0 <= args.top_p <= 1.0:  # also refuses NaN
+        raise UsageError(f"--top-p must be in [0, 1], got {args.top_p}")
+    if args.top_k < 0:
+        raise UsageError(f"--top-k must be at least 0, got {args.top_k}")
+
+
 def _check(args) -> None:
     if (args.classes is None) == (not args.all_classes):
         raise UsageError("give exactly one of --classes LIST and --all-classes")
-    for name, low in (("per_class", 1), ("batch_size", 1), ("top_k", 0), ("grid_cols", 1)):
+    for name, low in (("per_class", 1), ("batch_size", 1), ("grid_cols", 1)):
         value = getattr(args, name)
         if value is not None and value < low:
             raise UsageError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
-    if not 0.0 <= args.top_p <= 1.0:
-        raise UsageError(f"--top-p must be in [0, 1], got {args.top_p}")
-    if args.cfg < 0:
-        raise UsageError(f"--cfg must be >= 0, got {args.cfg}")
+    check_sampling_options(args)
+
+
+SETTINGS = "sample.json"        # OUT/sample.json: what the samples in OUT were made with
+_SAMPLE_NAME = re.compile(r"^\d{6}_class\d{4}\.png$")
+
+
+def sample_settings(gen, args) -> dict:
+    """What decides the pictures: the generator's weights (a fingerprint), seed and every sampling option."""
+    from ..train.pretokenize import tokenizer_fingerprint
+    return {"generator": str(args.generator), "generator_fingerprint": tokenizer_fingerprint(gen),
+            "seed": args.seed, "cfg": args.cfg, "cfg_schedule": args.cfg_schedule, "top_k": args.top_k,
+            "top_p": args.top_p, "joint_sample": bool(args.joint_sample), "dtype": args.dtype}
+
+
+def _earlier_samples(out: Path) -> list[Path]:
+    return [p for p in out.iterdir() if _SAMPLE_NAME.match(p.name)] if out.is_dir() else []
+
+
+def prepare_sample_folder(out: Path, settings: dict, overwrite: bool, is_main: bool) -> None:
+    """Refuse to mix samples of other settings into OUT (or, with --overwrite, delete them first); record the
+    settings in OUT/sample.json. Samples of the same settings are kept: a killed run continues."""
+    from ..checkpoint import atomic_write
+    from ..data.images import printable
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {printable(str(out))} is a file; give a folder for the samples")
+    earlier = _earlier_samples(out)
+    recorded = None
+    if (out / SETTINGS).is_file():
+        try:
+            recorded = json.loads((out / SETTINGS).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            recorded = {"unreadable": True}
+    differ = []
+    if recorded is not None:
+        differ = [k for k in settings if recorded.get(k) != settings[k] and k != "generator"]
+    elif earlier:
+        differ = ["unknown (no " + SETTINGS + ")"]
+    if differ and not overwrite:
+        what = ", ".join(f"{k} {recorded.get(k)!r} -> {settings[k]!r}" if recorded and k in recorded else k
+                         for k in differ if k != "generator_fingerprint")
+        if "generator_fingerprint" in differ:
+            what = ("the generator's weights" + (f", {what}" if what else ""))
+        raise UsageError(f"--out {printable(str(out))} holds {len(earlier)} samples made with other settings "
+                         f"({what}); use --overwrite to delete them and sample again, or choose another --out")
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        if differ:  # --overwrite
+            for p in [*earlier, out / "grid.png", out / "samples.npz"]:
+                p.unlink(missing_ok=True)
+        for p in out.iterdir():  # temporary files of writes a killed run left behind
+            if p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file():
+                p.unlink(missing_ok=True)
+        atomic_write(out / SETTINGS, lambda tmp: Path(tmp).write_text(json.dumps(settings, indent=2) + "\n"))
 
 
 def _to_uint8_HW3(img_3HW: torch.Tensor) -> np.ndarray:
@@ -129,7 +200,8 @@ def run(args) -> int:
         classes = list(range(gen.num_classes)) if args.all_classes else parse_classes(args.classes, gen.num_classes)
         job = [(i, c) for i, c in enumerate(c for c in classes for _ in range(args.per_class))]
         out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
+        prepare_sample_folder(out, sample_settings(gen, args), args.overwrite, info.is_main)
+        barrier()  # OUT is ready (earlier samples of other settings deleted with --overwrite)
         missing = [(i, c) for i, c in job if not image_path(out, i, c).exists()]
         barrier()  # every process has listed the missing files before any writes one
         start = time.perf_counter()

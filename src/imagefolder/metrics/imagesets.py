@@ -93,7 +93,11 @@ class NpzImages(ImageSet):
             raise ImageError(f"{self.path}: no arr_0 array of images (keys: {', '.join(keys) or 'none'})")
         try:
             with np.load(self.path, allow_pickle=False) as z:
-                labels = z["labels"].astype(np.int64) if "labels" in keys else None
+                labels = z["labels"] if "labels" in keys else None
+            if labels is not None:
+                if not np.issubdtype(labels.dtype, np.integer):
+                    raise ImageError(f"{self.path}: labels are {labels.dtype}; expected integer class ids")
+                labels = labels.astype(np.int64)
             with zipfile.ZipFile(self.path) as zf, zf.open("arr_0.npy") as f:
                 shape = _read_npy_header(f, self.path)
         except ImageError:
@@ -102,6 +106,8 @@ class NpzImages(ImageSet):
             raise ImageError(f"{self.path}: unreadable npz file ({e})") from None
         if len(shape) != 4 or shape[3] != 3:
             raise ImageError(f"{self.path}: arr_0 has shape {shape}; expected uint8 images (N, H, W, 3)")
+        if shape[0] == 0 or shape[1] == 0 or shape[2] == 0:
+            raise ImageError(f"{self.path}: arr_0 holds no images (shape {shape})")
         if labels is not None and labels.shape != (shape[0],):
             raise ImageError(f"{self.path}: labels has shape {labels.shape}, expected ({shape[0]},)")
         super().__init__(str(path), [str(i) for i in range(shape[0])], labels,

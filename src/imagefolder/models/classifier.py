@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..checkpoint import load_state_strict, read_config, read_weights, save_model
+from ..checkpoint import config_from, load_state_strict, read_config, read_weights, save_model
 from ..config import ConfigError
 from ..official import CheckpointError
 
@@ -55,11 +55,8 @@ class ClassifierConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ClassifierConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"unknown ClassifierConfig field(s): {unknown}")
-        return cls(**d)
+        from ..config import _from_dict
+        return _from_dict(cls, d)
 
 
 CLASSIFIER_PRESETS: dict[str, dict[str, Any]] = {
@@ -120,7 +117,7 @@ def load_classifier(path: str | Path) -> tuple[DomainClassifier, list[str]]:
     if meta.get("kind") != KIND:
         raise CheckpointError(f"{path}: a {meta.get('kind')!r} checkpoint, not a classifier "
                               "(make one with 'imagefolder train-classifier')")
-    config = ClassifierConfig.from_dict(meta["config"])
+    config = config_from(ClassifierConfig, meta, path)
     class_names = [str(c) for c in meta.get("class_names", [])]
     if len(class_names) != config.num_classes:
         raise CheckpointError(f"{path}: {len(class_names)} class names for {config.num_classes} classes")

@@ -310,6 +310,9 @@ class Generator(nn.Module):
         keep instead of sampling them; the later scales are sampled given them, with the same random draws as
         without a prefix. k = 0 is plain sampling, k = K decodes the prefix.
         """
+        if not (math.isfinite(cfg) and cfg >= 0) or not 0.0 <= top_p <= 1.0 or top_k < 0:
+            raise ValueError(f"sampling needs a finite cfg >= 0, top_p in [0, 1] and top_k >= 0; got cfg {cfg}, "
+                             f"top_p {top_p}, top_k {top_k}")
         labels_B = self._labels(labels_B)
         B = labels_B.shape[0]
         kept = self._check_prefix(prefix, B)

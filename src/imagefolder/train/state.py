@@ -94,7 +94,15 @@ def remove_stale_temporaries(out_dir: str | Path) -> list[Path]:
 def _torch_save(state: dict[str, Any], path: str) -> None:
     """``torch.save`` through a Python file, so a failed write (a full disk) is an OSError naming its errno."""
     with open(path, "wb") as f:
-        torch.save(state, f)
+        try:
+            torch.save(state, f)
+        except RuntimeError as e:  # torch's zip writer turns the OSError of a failed write into a RuntimeError
+            cause = e.__context__
+            while cause is not None and not isinstance(cause, OSError):
+                cause = cause.__context__
+            if cause is None:
+                raise
+            raise cause from None
 
 
 def load_train_state(path: str | Path) -> dict[str, Any]:
