@@ -198,3 +198,18 @@ def test_non_finite_guidance_is_refused(gen_dir, tmp_path, capsys, option, value
         {"top_k": int(value)}
     with pytest.raises(ValueError, match="sampling needs"):
         gen.generate(torch.tensor([1]), **kw)
+
+
+def test_train_classifier_does_not_overwrite_a_used_out(tmp_path, capsys):
+    data = make_image_folder(tmp_path / "d" / "train", per_class=2)
+    tok = imf.save_tokenizer(imf.load_tokenizer("tiny"), tmp_path / "tok")
+    before = (tok / "model.safetensors").read_bytes()
+    argv = ["train-classifier", "--data", str(tmp_path / "d"), "--epochs", "1", "--image-size", "16", "--device", "cpu"]
+    assert main([*argv, "--out", str(tok)]) == 2
+    assert "holds a tokenizer" in _one_line(capsys) and (tok / "model.safetensors").read_bytes() == before
+    (tmp_path / "file").write_text("x")
+    assert main([*argv, "--out", str(tmp_path / "file")]) == 2
+    assert "is a file" in _one_line(capsys)
+    assert main([*argv, "--out", str(tok), "--overwrite"]) == 0
+    from imagefolder.models.classifier import load_classifier
+    assert load_classifier(tok)[1] == sorted(p.name for p in data.iterdir())

@@ -21,7 +21,10 @@ def add_parser(sub) -> None:
                        description=__doc__.replace("``", ""), formatter_class=HelpFormatter)
     p.add_argument("--data", required=True, metavar="DIR",
                    help="dataset folder with train/CLASS/*.png (and val/CLASS/*.png for the reported accuracy)")
-    p.add_argument("--out", required=True, metavar="DIR", help="checkpoint folder (created if missing)")
+    p.add_argument("--out", required=True, metavar="DIR", help="checkpoint folder (created if missing; a non-empty "
+                   "one only with --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="write the classifier into a non-empty --out, "
+                   "replacing its config.json and model.safetensors")
     p.add_argument("--preset", choices=tuple(CLASSIFIER_PRESETS), default="tiny",
                    help="network size: tiny = width 32 (128-d features), small = width 64 (256-d features)")
     p.add_argument("--image-size", type=int, default=32, metavar="PX",
@@ -64,6 +67,20 @@ def run(args) -> int:
 
 
 def _check(args) -> None:
+    from pathlib import Path
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a folder for the classifier")
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        kind = ""
+        if (out / "config.json").is_file():
+            try:
+                from ..checkpoint import read_config
+                kind = f" (it holds a {read_config(out).get('kind')})"
+            except Exception:  # noqa: BLE001 - only for the message
+                kind = ""
+        raise UsageError(f"--out {out} is not empty{kind}; choose another folder, or pass --overwrite to replace "
+                         "its config.json and model.safetensors")
     for name, low in (("epochs", 1), ("batch_size", 1), ("image_size", 8), ("workers", 0)):
         if getattr(args, name) < low:
             raise UsageError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(args, name)}")
