@@ -75,6 +75,10 @@ def test_a_used_out_is_refused_unless_resume_or_overwrite(data, tmp_path, capsys
     # the trainer itself never starts a new run over an earlier run's checkpoints
     with pytest.raises(TrainingError, match="checkpoints of an earlier run"):
         _trainer(data, out, max_steps=1)
+    # nor continues another run's checkpoint among them (its steps would interleave with theirs)
+    assert _train(cfg, tmp_path / "other", "--max-steps", 1) == 0
+    with pytest.raises(TrainingError, match="checkpoints of another run"):
+        _trainer(data, out, resume=Checkpoints(tmp_path / "other").latest(), max_steps=2)
 
 
 def test_resume_from_a_checkpoint_taken_mid_run_is_bit_identical(data, tmp_path):

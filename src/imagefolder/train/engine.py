@@ -150,6 +150,11 @@ class Trainer(abc.ABC):
         if self.resume_path is None and self.ckpts.all():
             raise TrainingError(f"{printable(str(self.out))} holds the checkpoints of an earlier run; continue it with "
                                 "--resume auto, or start afresh in a new --out (or with --overwrite)")
+        if self.resume_path is not None and self.ckpts.all() and \
+                self.resume_path.resolve().parent != self.ckpts.dir.resolve():
+            raise TrainingError(f"{printable(str(self.out))} holds the checkpoints of another run than "
+                                f"{printable(str(self.resume_path))}; continuing that one here would mix the two. "
+                                "Give an empty --out (or --resume auto to continue the run in this one)")
         self.log = RunLogger(self.out, enabled=info.is_main, tensorboard=opts.tensorboard, wandb=opts.wandb,
                              wandb_project=opts.wandb_project, run_config=self.run_config())
         self.scalers: dict[str, torch.amp.GradScaler] = {}
