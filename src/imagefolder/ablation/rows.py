@@ -1,8 +1,9 @@
 """The paper's eight ablation rows: what each adds, the paper's numbers, and each row's recipe at CPU scale.
 
-The paper (and the authors' README) reports per row the token count, rFID, gFID (VAR-d16 on the row's tokenizer)
-and the linear-probe accuracy of the tokenizer's features, on ImageNet 256. Its recipes with the authors' keys are
-``configs/ablation/row1.yaml`` ... ``row8.yaml``.
+The paper has rows 1-6; the authors' README repeats them and adds rows 7-8 ("advanced training"). Each row reports
+the token count, rFID, gFID (VAR-d16 on the row's tokenizer) and the linear-probe accuracy of the tokenizer's
+features, on ImageNet 256. The rows' recipes with the authors' keys are ``configs/ablation/row1.yaml`` ...
+``row8.yaml``.
 
 At CPU scale (``cpu_tokenizer_recipe``) every row is the demo's conv tokenizer recipe (``demo.recipes.TOKENIZER``:
 32 px, an 8x8 latent grid) with the features of the later rows taken away, so row 6 *is* the demo's recipe and each

@@ -114,10 +114,10 @@ def _prepare_out(s: AblationSettings) -> None:
             raise AblationError(f"--out {out} holds files that are not from imagefolder ablate; give an empty or new "
                                 "folder")
         before = json.loads((out / SETTINGS).read_text())
-        differ = [k for k in identity if before.get(k) != identity[k]]
+        differ = ", ".join(f"{k} {before.get(k)}" for k in identity if before.get(k) != identity[k])
         if differ:
-            raise AblationError(f"--out {out} was made with other settings ({', '.join(f'{k} {before.get(k)}' for k in differ)}); "
-                                "continue it with the same ones or give another --out")
+            raise AblationError(f"--out {out} was made with other settings ({differ}); continue it with the same ones "
+                                "or give another --out")
         return
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text("written by imagefolder ablate; the same command continues it\n")
@@ -150,8 +150,8 @@ def _stops(s: AblationSettings, n_train: int) -> dict[str, dict[str, Any]]:
 
 
 def _pictures(row_dir: Path, gen, images, classes: list[str]) -> None:
-    from ..viz import save_png
     from ..demo.plots import progression_figure, samples_grid
+    from ..viz import save_png
     save_png(samples_grid(images.samples_N3HW, images.sample_labels_N, classes, per_row=10), row_dir / "samples.png")
     save_png(progression_figure(images.originals_B3HW, images.steps, [f"{p}x{p}" for p in gen.tokenizer.v_patch_nums],
                                 images.row_labels), row_dir / "reconstructions.png")
@@ -182,7 +182,7 @@ def train_row(row: int, s: AblationSettings, sh: Shared, device: torch.device) -
         gen_recipe, stops["generator"], sh.data_dir, row_dir / "tokenizer" / "last", codes, row_dir / "generator",
         seed=s.seed, device=device, progress=s.progress), "generator", seconds)
 
-    print(f"    evaluation: samples, reconstructions, judge, linear probes", flush=True)
+    print("    evaluation: samples, reconstructions, judge, linear probes", flush=True)
     t0 = time.perf_counter()
     gen = load_generator(row_dir / "generator" / "last").to(device)
     notes: list[str] = []
