@@ -215,9 +215,9 @@ def _official_tokenizer_args(cfg: TokenizerConfig) -> dict[str, Any]:
     return args
 
 
-def release_vqvae_path(generator_path: str | Path, tokenizer: Tokenizer) -> Path:
+def release_vqvae_path(generator_path: str | Path, tokenizer: Tokenizer | TokenizerConfig) -> Path:
     """Where ``export_var_release`` writes a generator's VQVAE: next to it, named as VAR names its file."""
-    c = tokenizer.config
+    c = tokenizer.config if isinstance(tokenizer, Tokenizer) else tokenizer
     return Path(generator_path).parent / f"vae_ch{c.ch}v{c.codebook_size}z{c.codebook_embed_dim}.pth"
 
 
