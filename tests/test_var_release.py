@@ -341,3 +341,15 @@ def test_train_generator_starts_from_a_var_checkpoint(tmp_path):
     diffs = [maxdiff(a[k], b[k]) for k in b if b[k].is_floating_point()]
     assert 0 < max(diffs) < 0.05  # it moved, from the checkpoint's weights (a random start differs by far more)
     assert main(base + ["--out", str(tmp_path / "bad"), "--depth", "3"]) == 2
+
+
+class _Payload:
+    """Stands for any object a malicious pickle could ask to build."""
+
+
+def test_a_release_file_that_asks_to_build_objects_is_refused(tmp_path):
+    path = tmp_path / "var_d16.pth"
+    torch.save({"class_emb.weight": torch.zeros(2, 4), "word_embed.weight": torch.zeros(4, 2),
+                "blocks.0.attn.q_bias": torch.zeros(4), "extra": _Payload()}, path)
+    msg = _error(lambda: imf.load_generator(path, tokenizer="var-vqvae-tiny"))
+    assert "refused" in msg

@@ -77,9 +77,12 @@ def vqvae_config(state: Mapping[str, torch.Tensor], where: str,
     """The tokenizer configuration of a VAR VQVAE state dict (scales: ``v_patch_nums`` or the release's)."""
     ch = _shape(state, "encoder.conv_in.weight", where)[0]
     V, Cvae = _shape(state, "quantize.embedding.weight", where)
-    levels = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"encoder\.down\.(\d+)\.", k)))
+    levels = 1 + max((int(m.group(1)) for k in state if (m := re.match(r"encoder\.down\.(\d+)\.", k))), default=-1)
     ch_mult = tuple(_shape(state, f"encoder.down.{i}.block.0.conv1.weight", where)[0] // ch for i in range(levels))
-    blocks = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"encoder\.down\.0\.block\.(\d+)\.", k)))
+    blocks = 1 + max((int(m.group(1)) for k in state if (m := re.match(r"encoder\.down\.0\.block\.(\d+)\.", k))),
+                     default=-1)
+    if not levels or not blocks:
+        raise CheckpointError(f"{where}: missing key 'encoder.down.0.block.0.conv1.weight'")
     ks = _shape(state, "quant_conv.weight", where)[-1]
     phis = {m.group(1) for k in state if (m := re.match(r"quantize\.quant_resi\.(qresi_ls\.\d+|qresi|\d+)\.", k))}
     if any(p.startswith("qresi_ls") for p in phis):
@@ -122,8 +125,9 @@ def generator_config(state: Mapping[str, torch.Tensor], where: str, tokenizer: T
                               f"{tokenizer.v_patch_nums}")
     C, Cvae = _shape(state, "word_embed.weight", where)
     if Cvae != tokenizer.product_quant * tokenizer.codebook_embed_dim:
-        raise CheckpointError(f"{where}: word_embed.weight takes {Cvae} channels but the tokenizer gives "
-                              f"{tokenizer.product_quant * tokenizer.codebook_embed_dim}: not this generator's tokenizer")
+        given = tokenizer.product_quant * tokenizer.codebook_embed_dim
+        raise CheckpointError(f"{where}: word_embed.weight takes {Cvae} channels but the tokenizer gives {given}: not "
+                              "this generator's tokenizer")
     depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k)))
     l2 = "blocks.0.attn.scale_mul_1H11" in state
     heads = _shape(state, "blocks.0.attn.scale_mul_1H11", where)[1] if l2 else depth
