@@ -59,6 +59,7 @@ class TokenizerConfig:
     z_channels: int = 256                # encoder output / decoder input channels (around quant_conv)
     num_res_blocks: int = 2              # residual blocks per encoder level (the decoder has one more per level)
     dropout_p: float = 0.0               # dropout inside the conv residual blocks
+    quant_conv_ks: int = 1               # kernel of the conv quant_conv / post_quant_conv (VAR's VQVAE: 3)
 
     def __post_init__(self) -> None:
         self.v_patch_nums = tuple(int(p) for p in self.v_patch_nums)
@@ -115,6 +116,11 @@ class TokenizerConfig:
         _check(self.z_channels >= 1, f"z_channels must be >= 1, got {self.z_channels}")
         _check(self.num_res_blocks >= 1, f"num_res_blocks must be >= 1, got {self.num_res_blocks}")
         _check(0.0 <= self.dropout_p < 1.0, f"dropout_p must be in [0, 1), got {self.dropout_p}")
+        _check(self.quant_conv_ks >= 1 and self.quant_conv_ks % 2 == 1,
+               f"quant_conv_ks must be an odd kernel size >= 1, got {self.quant_conv_ks}")
+        _check(self.quant_conv_ks == 1 or (self.enc_type, self.dec_type) == ("cnn", "cnn"),
+               f"quant_conv_ks {self.quant_conv_ks} needs a conv encoder and decoder (enc_type and dec_type cnn); "
+               "on the ViT path quant_conv and post_quant_conv act on tokens and are 1x1")
 
     # derived sizes -------------------------------------------------------------------------------------------
     @property
@@ -283,8 +289,26 @@ TOKENIZER_PRESETS: dict[str, dict[str, Any]] = {
                       semantic_guide="none", **_SMALL_VIT),
 }
 
+# VAR's own VQVAE (FoundationVision/VAR, vae_ch160v4096z32.pth): the LDM vq-f16 conv network (16x down), one
+# branch, Euclidean code search, 3x3 quant_conv / post_quant_conv, no quantizer dropout and no semantic teacher
+VAR_PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+_VAR_VQVAE = dict(enc_type="cnn", dec_type="cnn", encoder_ch_mult=(1, 1, 2, 2, 4), decoder_ch_mult=(1, 1, 2, 2, 4),
+                  num_res_blocks=2, product_quant=1, codebook_l2_norm=False, quant_conv_ks=3, share_quant_resi=4,
+                  quant_resi=0.5, commit_loss_beta=0.25, codebook_drop=0.0, start_drop=1, semantic_guide="none",
+                  drop_path_rate=0.0, **_SMALL_VIT)
+TOKENIZER_PRESETS.update({
+    "var-vqvae": dict(**_VAR_VQVAE, ch=160, codebook_size=4096, codebook_embed_dim=32, z_channels=32,
+                      v_patch_nums=VAR_PATCH_NUMS, num_latent_tokens=256, image_size=256),
+    # the reference test-vector configuration (reference var_tiny/config.json): 64 px, scales 1-4, 64 codes of 8
+    "var-vqvae-tiny": dict(**_VAR_VQVAE, ch=32, codebook_size=64, codebook_embed_dim=8, z_channels=8,
+                           v_patch_nums=(1, 2, 3, 4), num_latent_tokens=16, image_size=64),
+})
+
 GENERATOR_PRESETS: dict[str, dict[str, Any]] = {
     **{f"d{d}": dict(depth=d, tokenizer="imagefolder-4096") for d in (16, 17, 20, 24, 30)},
+    # VAR's released generators (var_d16.pth ... var_d30.pth) on its VQVAE; VAR's tiny reference set
+    **{f"var-d{d}": dict(depth=d, tokenizer="var-vqvae") for d in (16, 20, 24, 30)},
+    "var-tiny": dict(depth=2, embed_dim=128, num_heads=2, num_classes=10, tokenizer="var-vqvae-tiny"),
     "tiny": dict(depth=2, embed_dim=128, num_heads=2, num_classes=10, tokenizer="tiny"),
     "small": dict(depth=4, embed_dim=256, num_heads=4, num_classes=10, tokenizer="small"),
 }

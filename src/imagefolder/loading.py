@@ -16,6 +16,7 @@ from .models.generator import Generator
 from .models.tokenizer import Tokenizer
 from .official import (CheckpointError, generator_config_from_args, is_var_checkpoint, load_official_state_dict,
                        safe_torch_load, to_official_state_dict, tokenizer_config_from_checkpoint, tokenizer_weights)
+from . import var_release
 
 TokenizerSpec = Tokenizer | TokenizerConfig | str | Path
 
@@ -31,13 +32,16 @@ def _is_preset(spec: Any, presets: dict) -> bool:
 
 
 def load_tokenizer(spec: TokenizerSpec, *, config: TokenizerConfig | None = None,
-                   pretrained_backbone: bool | str | Path = False) -> Tokenizer:
+                   pretrained_backbone: bool | str | Path = False,
+                   v_patch_nums: tuple[int, ...] | None = None) -> Tokenizer:
     """A tokenizer in eval mode from a preset name (random init, or DINOv2-initialised with
     ``pretrained_backbone``), one of our checkpoint directories, an official tokenizer checkpoint (EMA weights
-    first) or an official VAR checkpoint (its ``trainer.vae_local``).
+    first), an official ImageFolder VAR checkpoint (its ``trainer.vae_local``) or VAR's released VQVAE
+    (``vae_ch160v4096z32.pth``, a plain state dict).
 
     ``config`` overrides the configuration read from an official checkpoint's args (needed only for models whose
     args do not describe their shape, such as the reference test checkpoints inside a VAR file).
+    ``v_patch_nums``: the scales of a VAR VQVAE file, which does not store them (default: the release's 1, ..., 16).
     """
     if isinstance(spec, Tokenizer):
         return spec
@@ -61,7 +65,20 @@ def load_tokenizer(spec: TokenizerSpec, *, config: TokenizerConfig | None = None
         return model.eval()
     if not path.exists():
         raise CheckpointError(f"no such checkpoint or preset: {spec!s} (presets: {', '.join(sorted(TOKENIZER_PRESETS))})")
-    return _tokenizer_from_official(_not_training_state(safe_torch_load(path), path), str(path), config)
+    ckpt = _not_training_state(safe_torch_load(path), path)
+    if var_release.is_vqvae_state(ckpt):
+        return _tokenizer_from_release(ckpt, str(path), config, v_patch_nums)
+    if var_release.is_generator_state(ckpt):
+        raise CheckpointError(f"{path}: a VAR generator file (plain state dict), which holds no tokenizer; its "
+                              "tokenizer is VAR's VQVAE file (vae_ch160v4096z32.pth)")
+    return _tokenizer_from_official(ckpt, str(path), config)
+
+
+def _tokenizer_from_release(state: Any, where: str, config: TokenizerConfig | None,
+                            v_patch_nums: tuple[int, ...] | None = None) -> Tokenizer:
+    model = _empty(Tokenizer, config or var_release.vqvae_config(state, where, v_patch_nums))
+    var_release.load_vqvae_state(model, state, where)
+    return model.eval()
 
 
 _SHAPE_HINT = ("The file's args describe the tokenizer only partly (official models are 256 px ViT-B); pass its "
@@ -91,16 +108,21 @@ def _tokenizer_config(spec: TokenizerSpec) -> TokenizerConfig:
         meta = ours.read_config(path)
         return ours.config_from(GeneratorConfig, meta, path).tokenizer if meta["kind"] == "generator" \
             else ours.config_from(TokenizerConfig, meta, path)
-    return tokenizer_config_from_checkpoint(safe_torch_load(path), str(path))
+    ckpt = safe_torch_load(path)
+    if var_release.is_vqvae_state(ckpt):
+        return var_release.vqvae_config(ckpt, str(path))
+    return tokenizer_config_from_checkpoint(ckpt, str(path))
 
 
 def load_generator(spec: str | Path, *, tokenizer: TokenizerSpec | None = None) -> Generator:
     """A generator (with its tokenizer as ``.tokenizer``) in eval mode from a preset name (random init), one of
-    our checkpoint directories or an official VAR checkpoint (``trainer.var_wo_ddp`` + ``trainer.vae_local``).
+    our checkpoint directories, an official ImageFolder VAR checkpoint (``trainer.var_wo_ddp`` +
+    ``trainer.vae_local``) or one of VAR's released generators (``var_d16.pth`` ... ``var_d30.pth``).
 
-    ``tokenizer``: for a preset, the tokenizer to use (a Tokenizer, config, preset name or checkpoint); for an
-    official VAR file, what says the tokenizer's shape when the file's args cannot (its weights still come from
-    the VAR file's ``vae_local``).
+    ``tokenizer``: for a preset, the tokenizer to use (a Tokenizer, config, preset name or checkpoint); for VAR's
+    release, required: its VQVAE (``vae_ch160v4096z32.pth``, read with the generator's scales) or a Tokenizer; for
+    an official ImageFolder VAR file, what says the tokenizer's shape when the file's args cannot (its weights
+    still come from the VAR file's ``vae_local``).
     """
     if _is_preset(spec, GENERATOR_PRESETS):
         cfg = generator_preset(spec)
@@ -122,7 +144,31 @@ def load_generator(spec: str | Path, *, tokenizer: TokenizerSpec | None = None) 
         return model.eval()
     if not path.exists():
         raise CheckpointError(f"no such checkpoint or preset: {spec!s} (presets: {', '.join(sorted(GENERATOR_PRESETS))})")
-    return _generator_from_official(_not_training_state(safe_torch_load(path), path), str(path), tokenizer)
+    ckpt = _not_training_state(safe_torch_load(path), path)
+    if var_release.is_generator_state(ckpt):
+        return _generator_from_release(ckpt, str(path), tokenizer)
+    if var_release.is_vqvae_state(ckpt):
+        raise CheckpointError(f"{path}: a VAR VQVAE (tokenizer) file, not a generator; give it as the tokenizer")
+    return _generator_from_official(ckpt, str(path), tokenizer)
+
+
+def _generator_from_release(state: Any, where: str, tokenizer: TokenizerSpec | None) -> Generator:
+    """One of VAR's released generators (a plain state dict) on its VQVAE, given separately."""
+    if tokenizer is None:
+        raise CheckpointError(f"{where}: a VAR generator file holds no tokenizer: give its VQVAE "
+                              "(tokenizer= / --tokenizer vae_ch160v4096z32.pth)")
+    patch_nums = var_release.generator_patch_nums(state, where)
+    if isinstance(tokenizer, (str, Path)) and not _is_preset(tokenizer, TOKENIZER_PRESETS) \
+            and Path(tokenizer).is_file():
+        tok_ckpt = safe_torch_load(tokenizer)
+        tok = (_tokenizer_from_release(tok_ckpt, str(tokenizer), None, patch_nums)
+               if var_release.is_vqvae_state(tok_ckpt) else load_tokenizer(tokenizer))
+    else:
+        tok = load_tokenizer(tokenizer)
+    cfg = var_release.generator_config(state, where, tok.config)
+    model = _empty(Generator, cfg, tok)
+    load_official_state_dict(model, state, where)
+    return model.eval()
 
 
 def _not_training_state(ckpt: Any, path: Path) -> Any:
@@ -169,6 +215,30 @@ def _official_tokenizer_args(cfg: TokenizerConfig) -> dict[str, Any]:
     return args
 
 
+def release_vqvae_path(generator_path: str | Path, tokenizer: Tokenizer | TokenizerConfig) -> Path:
+    """Where ``export_var_release`` writes a generator's VQVAE: next to it, named as VAR names its file."""
+    c = tokenizer.config if isinstance(tokenizer, Tokenizer) else tokenizer
+    return Path(generator_path).parent / f"vae_ch{c.ch}v{c.codebook_size}z{c.codebook_embed_dim}.pth"
+
+
+def export_var_release(model: Tokenizer | Generator, path: str | Path, *,
+                       tokenizer_path: str | Path | None = None) -> Path:
+    """Write ``model`` in VAR's release format: a plain state dict that VAR's ``build_vae_var`` models load with
+    ``strict=True``. A generator's VQVAE goes to ``tokenizer_path`` (default ``release_vqvae_path``). Returns
+    ``path``."""
+    path = Path(path)
+    tok = model if isinstance(model, Tokenizer) else model.tokenizer
+    vqvae = var_release.vqvae_state(tok)  # refuses a tokenizer the format cannot hold
+    if isinstance(model, Tokenizer):
+        ours.atomic_write(path, lambda tmp: torch.save(vqvae, tmp))
+        return path
+    sd = {k: v.detach().clone().contiguous() for k, v in to_official_state_dict(model).items()}
+    ours.atomic_write(path, lambda tmp: torch.save(sd, tmp))
+    vq_path = Path(tokenizer_path) if tokenizer_path is not None else release_vqvae_path(path, tok)
+    ours.atomic_write(vq_path, lambda tmp: torch.save(vqvae, tmp))
+    return path
+
+
 def export_official(model: Tokenizer | Generator, path: str | Path) -> Path:
     """Write ``model`` as an official checkpoint (tokenizer: msvq_train format; generator: VAR train.py format)."""
     path = Path(path)
@@ -189,14 +259,44 @@ def export_official(model: Tokenizer | Generator, path: str | Path) -> Path:
     return path
 
 
-def convert(src: str | Path, out: str | Path, *, tokenizer: TokenizerSpec | None = None) -> tuple[str, Path]:
-    """Official checkpoint -> our directory, or our directory -> official ``.pt``. Returns (kind, written path)."""
+FORMATS = ("auto", "imagefolder", "var")
+
+
+def official_format(config: TokenizerConfig) -> str:
+    """The official format ``convert`` writes a model in by default: VAR's release for tokenizers with VAR's 3x3
+    quant_conv (only that format holds them), the ImageFolder authors' otherwise."""
+    return "var" if config.quant_conv_ks != 1 else "imagefolder"
+
+
+def convert(src: str | Path, out: str | Path, *, tokenizer: TokenizerSpec | None = None,
+            format: str = "auto") -> tuple[str, Path]:
+    """Official checkpoint -> our directory, or our directory -> an official file. Returns (kind, written path).
+
+    Official files: the ImageFolder authors' tokenizer / VAR ``.pt``, or VAR's release (``vae_*.pth``, and
+    ``var_d*.pth`` with ``tokenizer=`` its VQVAE). From ours, ``format`` picks the official layout: "imagefolder",
+    "var" (VAR's release: a generator's VQVAE is written next to it, see ``release_vqvae_path``) or "auto"
+    (``official_format``).
+    """
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
     src = Path(src)
     if ours.is_our_checkpoint(src):
         kind = ours.read_config(src)["kind"]
         model = load_generator(src) if kind == "generator" else load_tokenizer(src)
+        tok = model if kind == "tokenizer" else model.tokenizer
+        fmt = official_format(tok.config) if format == "auto" else format
+        if fmt == "var":
+            return kind, export_var_release(model, out)
+        if tok.config.quant_conv_ks != 1:
+            raise CheckpointError(f"{src}: the ImageFolder format holds only 1x1 quant_conv layers (this tokenizer: "
+                                  f"{tok.config.quant_conv_ks}x{tok.config.quant_conv_ks}); use format 'var'")
         return kind, export_official(model, out)
     ckpt = safe_torch_load(src)
+    if var_release.is_vqvae_state(ckpt):
+        config = _tokenizer_config(tokenizer) if tokenizer is not None else None
+        return "tokenizer", save_tokenizer(_tokenizer_from_release(ckpt, str(src), config), out)
+    if var_release.is_generator_state(ckpt):
+        return "generator", save_generator(_generator_from_release(ckpt, str(src), tokenizer), out)
     if is_var_checkpoint(ckpt):
         return "generator", save_generator(_generator_from_official(ckpt, str(src), tokenizer), out)
     config = _tokenizer_config(tokenizer) if tokenizer is not None else None

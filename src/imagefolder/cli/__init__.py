@@ -14,8 +14,8 @@ import sys
 from ..config import ConfigError
 from ..official import CheckpointError
 
-SUBCOMMANDS = ("demo", "reconstruct", "sample", "complete", "convert", "make-dataset", "train-tokenizer", "train-classifier",
-               "evaluate", "probe", "train-generator", "pretokenize")
+SUBCOMMANDS = ("demo", "ablate", "reconstruct", "sample", "complete", "convert", "make-dataset", "train-tokenizer",
+               "train-classifier", "evaluate", "probe", "train-generator", "pretokenize")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from . import HelpFormatter, UsageError
 from .reconstruct import _device
-from .sample import DTYPES, add_sampling_options, check_sampling_options, parse_classes
+from .sample import DTYPES, TOKENIZER_HELP, add_sampling_options, check_sampling_options, parse_classes
 
 
 def add_parser(sub) -> None:
@@ -30,9 +30,7 @@ def add_parser(sub) -> None:
                    help="picture files, or folders whose pictures are all taken (sorted by path)")
     p.add_argument("--generator", required=True, metavar="CKPT",
                    help="official VAR .pt file, one of our generator directories, or a preset name")
-    p.add_argument("--tokenizer", metavar="SPEC",
-                   help="only for VAR files whose args do not describe their tokenizer: a tokenizer checkpoint, "
-                        "directory or preset giving its shape")
+    p.add_argument("--tokenizer", metavar="SPEC", help=TOKENIZER_HELP)
     p.add_argument("--classes", required=True, metavar="LIST",
                    help="the class to complete each picture as: one id for all, or one per picture in order "
                         "(e.g. '3' or '1,1,7' or '0-2')")
@@ -106,7 +104,7 @@ def run(args) -> int:
                 column.append(gen.generate(
                     yb, prefix=prefix, cfg=args.cfg, cfg_schedule=args.cfg_schedule, top_k=args.top_k,
                     top_p=args.top_p, seed=args.seed, indices=range(j * n + start, j * n + start + len(xb)),
-                    dtype=DTYPES[args.dtype]).cpu())
+                    dtype=DTYPES[args.dtype], more_smooth=args.more_smooth).cpu())
                 bar.update(len(xb))
     scale = max(1, 96 // x.shape[-1])  # small pictures are drawn larger (nearest neighbour) to stay readable
 

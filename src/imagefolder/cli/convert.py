@@ -7,21 +7,35 @@ import argparse
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "convert", help="convert an official checkpoint to our format (safetensors + config.json), or back",
-        description="Convert between the authors' checkpoint format and ours. An official tokenizer .pt "
-                    "(imagenet-4096.pt, ...) or VAR .pt (imagenet-var-4096.pt) becomes a directory with "
-                    "config.json and model.safetensors; one of our directories becomes an official .pt file.",
+        description="Convert between the official checkpoint formats and ours. An ImageFolder tokenizer .pt "
+                    "(imagenet-4096.pt, ...) or VAR .pt (imagenet-var-4096.pt), or VAR's release (the VQVAE "
+                    "vae_ch160v4096z32.pth; a generator var_d16.pth ... var_d30.pth with --tokenizer its VQVAE) "
+                    "becomes a directory with config.json and model.safetensors. One of our directories becomes an "
+                    "official file: VAR's release for models on a VAR VQVAE (a generator's VQVAE is written next to "
+                    "it as vae_ch{ch}v{V}z{C}.pth), the ImageFolder format otherwise (--format chooses).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", help="official .pt/.pth file, or one of our checkpoint directories")
     p.add_argument("--out", required=True,
-                   help="output: a directory (from official) or a .pt file path (to official)")
+                   help="output: a directory (from official) or a .pt/.pth file path (to official)")
     p.add_argument("--tokenizer", default=None,
-                   help="only for VAR files whose args do not describe their tokenizer (the reference test "
-                        "checkpoints): a tokenizer checkpoint, our directory or a preset name giving its shape")
+                   help="for VAR's released generators: their VQVAE file (required); for official ImageFolder VAR "
+                        "files whose args do not describe their tokenizer (the reference test checkpoints): a "
+                        "tokenizer checkpoint, our directory or a preset name giving its shape")
+    p.add_argument("--format", choices=("auto", "imagefolder", "var"), default="auto",
+                   help="official format written from one of our directories: imagefolder (the ImageFolder "
+                        "authors' .pt), var (VAR's release: plain state dicts), auto (var for tokenizers with VAR's "
+                        "3x3 quant_conv, else imagefolder)")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
-    from ..loading import convert
-    kind, path = convert(args.checkpoint, args.out, tokenizer=args.tokenizer)
+    from ..checkpoint import is_our_checkpoint, read_config
+    from ..config import GeneratorConfig
+    from ..loading import convert, official_format, release_vqvae_path
+    kind, path = convert(args.checkpoint, args.out, tokenizer=args.tokenizer, format=args.format)
     print(f"wrote {kind} to {path}")
+    if kind == "generator" and is_our_checkpoint(args.checkpoint):
+        tok_cfg = GeneratorConfig.from_dict(read_config(args.checkpoint)["config"]).tokenizer
+        if (official_format(tok_cfg) if args.format == "auto" else args.format) == "var":
+            print(f"wrote its tokenizer (VAR's VQVAE) to {release_vqvae_path(path, tok_cfg)}")
     return 0

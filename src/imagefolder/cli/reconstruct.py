@@ -50,8 +50,9 @@ def add_parser(sub) -> None:
                     "(written last: it marks a complete run) to --out.",
         formatter_class=_HelpFormatter)
     p.add_argument("--tokenizer", required=True, metavar="CKPT",
-                   help="official tokenizer or VAR .pt file, one of our checkpoint directories, or a preset name "
-                        "(tiny, small, imagefolder-4096, ...; presets have random weights)")
+                   help="official tokenizer or VAR .pt file, VAR's released VQVAE (vae_ch160v4096z32.pth; its "
+                        "scales 1-16 at 256 px), one of our checkpoint directories, or a preset name (tiny, small, "
+                        "imagefolder-4096, var-vqvae, ...; presets have random weights)")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--images", metavar="DIR",
                         help="folder of images, searched recursively (png, jpg, webp, ...), taken in sorted order")

@@ -35,13 +35,25 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 GRID_MAX = 64
 
 
+TOKENIZER_HELP = ("the generator's tokenizer, when its file does not hold it: VAR's VQVAE (vae_ch160v4096z32.pth) "
+                  "for VAR's released var_d16.pth ... var_d30.pth (required there), or, for official ImageFolder VAR "
+                  "files whose args do not describe their tokenizer, a tokenizer checkpoint, directory or preset "
+                  "giving its shape")
+
+
 def add_sampling_options(p) -> None:
-    """--cfg, --cfg-schedule, --top-k, --top-p with the paper's settings as defaults (also used by complete)."""
+    """--cfg, --cfg-schedule, --top-k, --top-p, --more-smooth with the paper's settings as defaults (also used by
+    complete)."""
     p.add_argument("--cfg", type=float, default=3.25, help="classifier-free guidance strength")
     p.add_argument("--cfg-schedule", choices=("linear", "constant"), default="linear",
                    help="linear: the official ramp cfg * si / (K - 1) over scales; constant: cfg at every scale")
     p.add_argument("--top-k", type=int, default=750, help="keep the k most likely codes per branch; 0 = all")
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass per branch; 0 or 1 = off")
+    p.add_argument("--more-smooth", action="store_true",
+                   help="VAR's more_smooth: each scale adds a Gumbel-softmax mixture of code vectors (temperature "
+                        "falling from 0.27 over the scales, on the top-k/top-p logits) instead of the drawn code's "
+                        "vector; smoother pictures, for viewing (VAR's FID numbers are without it). VAR's demo "
+                        "settings: --cfg 4 --top-k 900 --top-p 0.95")
 
 
 def add_parser(sub) -> None:
@@ -49,11 +61,10 @@ def add_parser(sub) -> None:
         "sample", help="class-conditional samples from a generator: PNGs, a grid, optional .npz",
         description=__doc__.replace("``", ""), formatter_class=HelpFormatter)
     p.add_argument("--generator", required=True, metavar="CKPT",
-                   help="official VAR .pt file, one of our generator directories, or a preset name (d16, tiny, "
-                        "...; presets have random weights, initialised from --seed)")
-    p.add_argument("--tokenizer", metavar="SPEC",
-                   help="only for VAR files whose args do not describe their tokenizer: a tokenizer checkpoint, "
-                        "directory or preset giving its shape")
+                   help="official ImageFolder VAR .pt file, VAR's released var_d16.pth ... var_d30.pth (with "
+                        "--tokenizer), one of our generator directories, or a preset name (d16, var-d16, tiny, ...; "
+                        "presets have random weights, initialised from --seed)")
+    p.add_argument("--tokenizer", metavar="SPEC", help=TOKENIZER_HELP)
     p.add_argument("--classes", metavar="LIST",
                    help="class ids in job order, e.g. '1,2,3' or '0-9,207' (give this or --all-classes)")
     p.add_argument("--all-classes", action="store_true",
@@ -232,7 +243,8 @@ def _generate(gen, todo: list[tuple[int, int]], out: Path, args, show: bool) -> 
             labels = torch.tensor([c for _, c in chunk], device=gen.pos_1LC.device)
             imgs = gen.generate(labels, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                                 indices=[i for i, _ in chunk], cfg_schedule=args.cfg_schedule,
-                                joint_sample=args.joint_sample, dtype=DTYPES[args.dtype])
+                                joint_sample=args.joint_sample, dtype=DTYPES[args.dtype],
+                                more_smooth=args.more_smooth)
             for (i, c), img in zip(chunk, imgs):
                 save_png(Image.fromarray(_to_uint8_HW3(img)), image_path(out, i, c))
             bar.update(len(chunk))

@@ -15,6 +15,9 @@ Stopping rule per stage: a fixed count (``--classifier-epochs``, ``--teacher-epo
 ``--generator-steps``; the lr schedule then spans about that many steps) or a share of the time budget
 (``StageClock``: each trainer gets its share of the time still left, so a stage that ends early leaves its time to
 the later ones; the trainer's lr schedule follows its clock).
+
+The stages are also functions of their own (``train_classifier_stage``, ``train_tokenizer_stage``,
+``pretokenize_stage``, ``train_generator_stage``), which the ablation (``imagefolder.ablation``) runs per row.
 """
 from __future__ import annotations
 
@@ -81,7 +84,7 @@ def _epochs_for(steps: int, images: int, batch: int) -> int:
     return max(1, math.ceil(steps / per_epoch))
 
 
-def _stopping(recipe: dict[str, Any], steps: int | None, images: int, clock: StageClock, stage: str) -> dict[str, Any]:
+def stopping(recipe: dict[str, Any], steps: int | None, images: int, clock: StageClock, stage: str) -> dict[str, Any]:
     """Option overrides that stop a trainer after ``steps`` steps, or else at its share of the time budget."""
     if steps is not None:
         return {"max_steps": steps, "epochs": _epochs_for(steps, images, recipe["global_batch_size"]),
@@ -97,17 +100,8 @@ def announce(step: int, total: int, text: str) -> None:
 def train_all(plan: TrainingPlan, out: Path, device: torch.device, progress: bool) -> TrainingResult:
     """Run the five training stages into ``out``; returns where the models are, the stage times and summaries."""
     from ..data.make_dataset import make_dataset
-    from ..distributed import DistInfo
-    from ..eval.classifier_training import train_classifier
-    from ..loading import load_tokenizer
-    from ..train.generator_trainer import GeneratorTrainer
-    from ..train.options import (GENERATOR_ACCEPTED_ONLY, TOKENIZER_ACCEPTED_ONLY, GeneratorTrainOptions,
-                                 TokenizerTrainOptions, load_options)
-    from ..train.pretokenize import pretokenize
-    from ..train.tokenizer_trainer import TokenizerTrainer
 
     clock = StageClock(plan.budget_minutes, recipes.BUDGET_SHARES)
-    info = DistInfo(0, 1, 0, device)
     res = TrainingResult(out / "data", out / "classifier", out / "teacher", out / "tokenizer", out / "generator")
     size = plan.data["size"]
 
@@ -126,52 +120,94 @@ def train_all(plan: TrainingPlan, out: Path, device: torch.device, progress: boo
     res.summaries["dataset"] = {k: v for k, v in made.items() if k != "out"}
     n_train = made["train"]
 
-    for stage, step, folder, seed, what, c, count in (
-            ("classifier", 2, res.classifier_dir, plan.seed, "judge classifier", recipes.CLASSIFIER,
-             plan.classifier_epochs),
-            ("teacher", 3, res.teacher_dir, plan.seed + recipes.TEACHER_SEED_OFFSET, "teacher classifier",
-             recipes.TEACHER, plan.teacher_epochs)):
-        if count is not None:
-            epochs, budget = count, None
-        else:
-            epochs, budget = c["epochs"], clock.minutes_for(stage)
-        announce(step, STAGES, f"{what} ({c['preset']}, seed {seed}): "
-                 + (f"{epochs} epochs" if budget is None else f"up to {epochs} epochs in {budget:.1f} min"))
-        res.summaries[stage] = timed(stage, lambda: train_classifier(
-            res.data_dir, folder, preset=c["preset"], image_size=size, epochs=epochs, batch_size=c["batch_size"],
-            lr=c["lr"], weight_decay=c["weight_decay"], seed=seed, device=device, time_budget_minutes=budget,
-            progress=progress))
+    for stage, step, folder, count in (("classifier", 2, res.classifier_dir, plan.classifier_epochs),
+                                       ("teacher", 3, res.teacher_dir, plan.teacher_epochs)):
+        budget = None if count is not None else clock.minutes_for(stage)
+        res.summaries[stage] = timed(stage, lambda: train_classifier_stage(
+            stage, res.data_dir, folder, size=size, seed=plan.seed, epochs=count, budget_minutes=budget,
+            device=device, progress=progress, step=step))
 
-    stop = _stopping(recipes.TOKENIZER, plan.tokenizer_steps, n_train, clock, "tokenizer")
+    stop = stopping(recipes.TOKENIZER, plan.tokenizer_steps, n_train, clock, "tokenizer")
     announce(4, STAGES, f"tokenizer: {recipes.TOKENIZER['product_quant']}-branch product quantization, quantizer "
-             "dropout, semantic branch and perceptual loss from the teacher; " + _stop_text(stop))
-    values = {**recipes.TOKENIZER, **stop, "image_size": size, "data_path": str(res.data_dir),
-              "val_data_path": str(res.data_dir / "val"), "semantic_teacher": str(res.teacher_dir),
-              "perceptual_net": f"classifier:{res.teacher_dir}",
-              "rfid_features": f"domain:{res.classifier_dir}",  # the judge's space (Inception would need a download)
-              "global_seed": plan.seed, "device": device.type, "cloud_save_path": str(res.tokenizer_dir)}
-    opts, model_config = load_options(TokenizerTrainOptions, TOKENIZER_ACCEPTED_ONLY, None, values)
-    res.summaries["tokenizer"] = timed("tokenizer", lambda: TokenizerTrainer(
-        opts, model_config, res.tokenizer_dir, info, show_progress=progress).fit())
+             "dropout, semantic branch and perceptual loss from the teacher; " + stop_text(stop))
+    res.summaries["tokenizer"] = timed("tokenizer", lambda: train_tokenizer_stage(
+        recipes.TOKENIZER, stop, res.data_dir, res.teacher_dir, res.classifier_dir, res.tokenizer_dir, size=size,
+        seed=plan.seed, device=device, progress=progress))
 
     announce(5, STAGES, "pretokenize: the training set's codes, as is and mirrored")
     codes = out / "codes.safetensors"
-    tok = load_tokenizer(res.tokenizer_dir / "last")
-    res.summaries["pretokenize"] = timed("pretokenize", lambda: pretokenize(
-        tok, res.data_dir / "train", codes, device=device, show_progress=progress))
+    res.summaries["pretokenize"] = timed("pretokenize", lambda: pretokenize_stage(
+        res.tokenizer_dir / "last", res.data_dir, codes, device=device, progress=progress))
 
-    stop = _stopping(recipes.GENERATOR, plan.generator_steps, n_train, clock, "generator")
-    announce(6, STAGES, "generator: class-conditional VAR over the folded tokens; " + _stop_text(stop))
-    values = {**recipes.GENERATOR, **stop, "data_path": str(res.data_dir), "val_data_path": str(res.data_dir / "val"),
-              "tokenizer": str(res.tokenizer_dir / "last"), "codes_cache": str(codes), "global_seed": plan.seed,
-              "device": device.type, "cloud_save_path": str(res.generator_dir)}
-    opts, model_config = load_options(GeneratorTrainOptions, GENERATOR_ACCEPTED_ONLY, None, values)
-    res.summaries["generator"] = timed("generator", lambda: GeneratorTrainer(
-        opts, model_config, res.generator_dir, info, show_progress=progress).fit())
+    stop = stopping(recipes.GENERATOR, plan.generator_steps, n_train, clock, "generator")
+    announce(6, STAGES, "generator: class-conditional VAR over the folded tokens; " + stop_text(stop))
+    res.summaries["generator"] = timed("generator", lambda: train_generator_stage(
+        recipes.GENERATOR, stop, res.data_dir, res.tokenizer_dir / "last", codes, res.generator_dir, seed=plan.seed,
+        device=device, progress=progress))
     return res
 
 
-def _stop_text(stop: dict[str, Any]) -> str:
+# the stages, also used one by one by the ablation (imagefolder.ablation) ------------------------------------------
+def train_classifier_stage(stage: str, data_dir: Path, out_dir: Path, *, size: int, seed: int, epochs: int | None,
+                           budget_minutes: float | None, device: torch.device, progress: bool,
+                           step: int | None = None) -> dict[str, Any]:
+    """The judge (``stage`` "classifier", ``recipes.CLASSIFIER``, ``seed``) or the teacher ("teacher",
+    ``recipes.TEACHER``, seed + ``recipes.TEACHER_SEED_OFFSET``): ``epochs`` fixed, or else the recipe's epochs
+    within ``budget_minutes``. ``step`` numbers the announcement line (None: no line)."""
+    from ..eval.classifier_training import train_classifier
+    c, what = ((recipes.CLASSIFIER, "judge classifier") if stage == "classifier"
+               else (recipes.TEACHER, "teacher classifier"))
+    seed = seed if stage == "classifier" else seed + recipes.TEACHER_SEED_OFFSET
+    epochs = epochs if epochs is not None else c["epochs"]
+    if step is not None:
+        announce(step, STAGES, f"{what} ({c['preset']}, seed {seed}): " + (
+            f"{epochs} epochs" if budget_minutes is None else f"up to {epochs} epochs in {budget_minutes:.1f} min"))
+    return train_classifier(data_dir, out_dir, preset=c["preset"], image_size=size, epochs=epochs,
+                            batch_size=c["batch_size"], lr=c["lr"], weight_decay=c["weight_decay"], seed=seed,
+                            device=device, time_budget_minutes=budget_minutes, progress=progress)
+
+
+def train_tokenizer_stage(recipe: dict[str, Any], stop: dict[str, Any], data_dir: Path, teacher_dir: Path,
+                          judge_dir: Path, out_dir: Path, *, size: int, seed: int, device: torch.device,
+                          progress: bool) -> dict[str, Any]:
+    """Train a tokenizer of ``recipe`` (keys of ``TokenizerTrainOptions`` and its model config) into ``out_dir``;
+    the teacher is its semantic teacher and perceptual network, the judge's space measures its rFID."""
+    from ..distributed import DistInfo
+    from ..train.options import TOKENIZER_ACCEPTED_ONLY, TokenizerTrainOptions, load_options
+    from ..train.tokenizer_trainer import TokenizerTrainer
+    values = {**recipe, **stop, "image_size": size, "data_path": str(data_dir),
+              "val_data_path": str(data_dir / "val"), "semantic_teacher": str(teacher_dir),
+              "perceptual_net": f"classifier:{teacher_dir}",
+              "rfid_features": f"domain:{judge_dir}",  # the judge's space (Inception would need a download)
+              "global_seed": seed, "device": device.type, "cloud_save_path": str(out_dir)}
+    opts, model_config = load_options(TokenizerTrainOptions, TOKENIZER_ACCEPTED_ONLY, None, values)
+    return TokenizerTrainer(opts, model_config, out_dir, DistInfo(0, 1, 0, device), show_progress=progress).fit()
+
+
+def pretokenize_stage(tokenizer_dir: Path, data_dir: Path, codes: Path, *, device: torch.device,
+                      progress: bool) -> dict[str, Any]:
+    """The training set's codes (as is and mirrored) under the tokenizer ``tokenizer_dir``, written to ``codes``."""
+    from ..loading import load_tokenizer
+    from ..train.pretokenize import pretokenize
+    return pretokenize(load_tokenizer(tokenizer_dir), data_dir / "train", codes, device=device,
+                       show_progress=progress)
+
+
+def train_generator_stage(recipe: dict[str, Any], stop: dict[str, Any], data_dir: Path, tokenizer_dir: Path,
+                          codes: Path, out_dir: Path, *, seed: int, device: torch.device,
+                          progress: bool) -> dict[str, Any]:
+    """Train a generator of ``recipe`` on the codes cache ``codes`` of the tokenizer ``tokenizer_dir``."""
+    from ..distributed import DistInfo
+    from ..train.generator_trainer import GeneratorTrainer
+    from ..train.options import GENERATOR_ACCEPTED_ONLY, GeneratorTrainOptions, load_options
+    values = {**recipe, **stop, "data_path": str(data_dir), "val_data_path": str(data_dir / "val"),
+              "tokenizer": str(tokenizer_dir), "codes_cache": str(codes), "global_seed": seed,
+              "device": device.type, "cloud_save_path": str(out_dir)}
+    opts, model_config = load_options(GeneratorTrainOptions, GENERATOR_ACCEPTED_ONLY, None, values)
+    return GeneratorTrainer(opts, model_config, out_dir, DistInfo(0, 1, 0, device), show_progress=progress).fit()
+
+
+def stop_text(stop: dict[str, Any]) -> str:
     if stop["time_budget_minutes"] is None:
         return f"{stop['max_steps']} steps"
     return f"{stop['time_budget_minutes']:.1f} min"

@@ -20,7 +20,7 @@ from timm.layers import DropPath
 
 from ..config import GeneratorConfig
 from .lowp import LowPrecisionWeights, low_precision
-from .sampling import CFG_SCHEDULES, PerImageRNG, cfg_weight, sample_branches
+from .sampling import CFG_SCHEDULES, PerImageRNG, cfg_weight, sample_branches, smooth_weights
 from .tokenizer import Codes, Tokenizer
 from .vit import level_ids
 
@@ -260,7 +260,8 @@ class Generator(nn.Module):
         self._lowp.clear()
 
     def _scale_by_scale(self, labels_B: torch.Tensor, choose, cfg: float, cfg_schedule: str):
-        """Run the KV-cached AR loop; ``choose(si, guided_logits_per_branch)`` returns each branch's (B, l) codes.
+        """Run the KV-cached AR loop; ``choose(si, guided_logits_per_branch)`` returns each branch's (B, l) codes,
+        or (codes, vectors) with (B, l, Cb) vectors that the scale adds instead of the codes' (more_smooth).
         Returns the final f_hat (B, P*Cb, h, w)."""
         if cfg_schedule not in CFG_SCHEDULES:
             raise ValueError(f"unknown cfg schedule {cfg_schedule!r}; choose one of {CFG_SCHEDULES}")
@@ -281,8 +282,9 @@ class Generator(nn.Module):
             logits = self._head(x, cond_2BD)
             t = cfg_weight(cfg, si, K, cfg_schedule)
             guided = (1 + t) * logits[:B] - t * logits[B:]
-            idx = choose(si, list(guided.chunk(self.P, dim=-1)))
-            h = self.tokenizer.scale_contribution(si, idx)
+            chosen = choose(si, list(guided.chunk(self.P, dim=-1)))
+            idx, vectors = chosen if isinstance(chosen, tuple) else (chosen, None)
+            h = self.tokenizer.scale_contribution(si, idx, vectors)
             f_hat = h if f_hat is None else f_hat + h
             if si < K - 1:
                 pn_next = self.patch_nums[si + 1]
@@ -300,7 +302,8 @@ class Generator(nn.Module):
     @torch.no_grad()
     def generate(self, labels_B, *, cfg: float = 3.25, top_k: int = 750, top_p: float = 0.95,
                  seed: int | None = 0, indices=None, cfg_schedule: str = "linear", joint_sample: bool = False,
-                 dtype: torch.dtype = torch.float32, return_codes: bool = False, prefix: Codes | None = None):
+                 dtype: torch.dtype = torch.float32, return_codes: bool = False, prefix: Codes | None = None,
+                 more_smooth: bool = False):
         """Class-conditional samples (B, 3, H, W) in [0, 1].
 
         ``seed`` with ``indices`` (global image numbers, default 0..B-1) fixes each image independently of the
@@ -309,6 +312,9 @@ class Generator(nn.Module):
         ``prefix``: codes[branch][scale] of the first k scales (e.g. ``tokenizer.encode(x)`` cut to k scales) to
         keep instead of sampling them; the later scales are sampled given them, with the same random draws as
         without a prefix. k = 0 is plain sampling, k = K decodes the prefix.
+        ``more_smooth``: VAR's Gumbel-softmax smoothing (``sampling.smooth_weights``): every sampled scale adds a
+        Gumbel-softmax mixture of code vectors, not the drawn code's vector, which gives smoother pictures (VAR's
+        demo option; its FID numbers are without it). The returned codes are still the drawn ones.
         """
         if not (math.isfinite(cfg) and cfg >= 0) or not 0.0 <= top_p <= 1.0 or top_k < 0:
             raise ValueError(f"sampling needs a finite cfg >= 0, top_p in [0, 1] and top_k >= 0; got cfg {cfg}, "
@@ -324,14 +330,22 @@ class Generator(nn.Module):
         rng = PerImageRNG(seed, indices)
         codes: Codes = [[] for _ in range(self.P)]
 
+        K = len(self.patch_nums)
+
         def choose(si, guided):
-            l = guided[0].shape[1]
-            u = rng.uniform(self.P, l, device=guided[0].device)  # drawn for kept scales too: same later draws
+            l, dev = guided[0].shape[1], guided[0].device
+            u = rng.uniform(self.P, l, device=dev)  # drawn for kept scales too: same later draws
+            u_smooth = rng.uniform(self.P, l, self.V, device=dev) if more_smooth else None
+            filtered: list[torch.Tensor] = []
             idx = ([prefix[p][si].to(u.device) for p in range(self.P)] if si < kept else
-                   sample_branches(guided, u, top_k=top_k, top_p=top_p, joint=joint_sample))
+                   sample_branches(guided, u, top_k=top_k, top_p=top_p, joint=joint_sample, filtered_out=filtered))
             for p in range(self.P):
                 codes[p].append(idx[p])
-            return idx
+            if not filtered or u_smooth is None:
+                return idx
+            vectors = [smooth_weights(f, u_smooth[:, p], si, K) @ q.embedding.weight.float()
+                       for p, (f, q) in enumerate(zip(filtered, self.tokenizer.quantizes))]
+            return idx, vectors
 
         with self._autocast(dtype):
             f_hat = self._scale_by_scale(labels_B, choose, cfg, cfg_schedule)

@@ -100,10 +100,12 @@ class MultiScaleQuantizer(nn.Module):
         d_NV = z_NC.square().sum(dim=1, keepdim=True) + codebook_VC.square().sum(dim=1)
         return torch.argmin(d_NV.addmm_(z_NC, codebook_VC.T, alpha=-2, beta=1), dim=1)
 
-    def contribution(self, si: int, idx_Bl: torch.Tensor) -> torch.Tensor:
-        """What the codes of scale ``si`` add to f_hat: phi(bicubic_up(codebook[idx])) as (B, C, H, W)."""
+    def contribution(self, si: int, idx_Bl: torch.Tensor, vectors_BlC: torch.Tensor | None = None) -> torch.Tensor:
+        """What the codes of scale ``si`` add to f_hat: phi(bicubic_up(codebook[idx])) as (B, C, H, W).
+        ``vectors_BlC`` replaces the code vectors codebook[idx] (a soft mixture of codes, VAR's more_smooth)."""
         pn = self.v_patch_nums[si]
-        h_BChw = self.embedding(idx_Bl.reshape(-1, pn, pn)).permute(0, 3, 1, 2)
+        vectors_BlC = self.embedding(idx_Bl) if vectors_BlC is None else vectors_BlC
+        h_BChw = vectors_BlC.reshape(-1, pn, pn, self.dim).permute(0, 3, 1, 2)
         if si != self.num_scales - 1:
             h_BChw = F.interpolate(h_BChw, size=(self.side, self.side), mode="bicubic")
         return self.quant_resi(h_BChw.contiguous(), si, self.num_scales)

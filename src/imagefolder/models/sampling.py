@@ -72,16 +72,34 @@ def sample_from_probs(probs_BlV: torch.Tensor, u_Bl: torch.Tensor) -> torch.Tens
     return idx.clamp_(max=probs_BlV.shape[-1] - 1)
 
 
+def smooth_weights(filtered_BlV: torch.Tensor, u_BlV: torch.Tensor, si: int, num_scales: int) -> torch.Tensor:
+    """VAR's ``more_smooth``: Gumbel-softmax weights over the codes (B, l, V), rows summing to 1.
+
+    At scale si with r = si / (K - 1): softmax((logits * (1 + r) + g) / tau), tau = max(0.27 * (1 - 0.95 r), 0.005),
+    g = -log(-log u) standard Gumbel noise from the uniforms ``u``, on the logits after top-k / top-p (so filtered
+    codes get no weight). The scale then adds the weighted mean of the code vectors instead of the drawn code's
+    vector: softer, smoother pictures (VAR uses it for visualisation, not for FID).
+    """
+    ratio = si / (num_scales - 1) if num_scales > 1 else 1.0
+    tau = max(0.27 * (1 - ratio * 0.95), 0.005)
+    gumbel = -(-u_BlV.double().clamp_min(1e-300).log()).log()
+    return ((filtered_BlV.double() * (1 + ratio) + gumbel) / tau).softmax(dim=-1).to(filtered_BlV.dtype)
+
+
 def sample_branches(logits_per_branch: list[torch.Tensor], u_BPl: torch.Tensor, *, top_k: int = 0,
-                    top_p: float = 0.0, joint: bool = False) -> list[torch.Tensor]:
+                    top_p: float = 0.0, joint: bool = False, filtered_out: list | None = None) -> list[torch.Tensor]:
     """Codes for every branch from guided logits (each (B, l, V)), using uniforms u (B, P, l).
 
+    ``filtered_out``: a list that receives each branch's logits after top-k / top-p.
     Independent (default): branch p uses u[:, p]. Joint: the official optional two-branch mode draws one sample
     from the product of the branch distributions; with one uniform per position (u[:, 0]) it picks branch 0 by
     inverse CDF and reuses the uniform's position inside the chosen bin for the next branch, which is the same
     draw without materialising the V^P joint table.
     """
-    probs = [filter_top_k_top_p(lg, top_k, top_p).softmax(dim=-1) for lg in logits_per_branch]
+    filtered = [filter_top_k_top_p(lg, top_k, top_p) for lg in logits_per_branch]
+    if filtered_out is not None:  # the caller also wants the filtered logits (more_smooth)
+        filtered_out.extend(filtered)
+    probs = [f.softmax(dim=-1) for f in filtered]
     if not joint:
         return [sample_from_probs(p, u_BPl[:, i]) for i, p in enumerate(probs)]
     u = u_BPl[:, 0].double()

@@ -52,7 +52,7 @@ class Tokenizer(nn.Module):
         P, Cb = c.product_quant, c.codebook_embed_dim
         if c.enc_type == "cnn":  # branches are channel groups of one conv map: quant_conv gives P * Cb channels
             self.encoder = ConvEncoder(ch_mult=c.encoder_ch_mult, **conv)
-            self.quant_conv = nn.Conv2d(c.z_channels, P * Cb, 1)
+            self.quant_conv = nn.Conv2d(c.z_channels, P * Cb, c.quant_conv_ks, padding=c.quant_conv_ks // 2)
         else:  # branches are separate sets of latent tokens: one quant_conv maps every token to Cb channels
             self.encoder = LatentViTEncoder(
                 create_vit(c.encoder_model, drop_path_rate=c.drop_path_rate, pretrained=pretrained_backbone, **vit),
@@ -60,7 +60,7 @@ class Tokenizer(nn.Module):
             self.quant_conv = nn.Conv2d(self.encoder.embed_dim, Cb, 1)
         if c.dec_type == "cnn":
             self.decoder = ConvDecoder(ch_mult=c.decoder_ch_mult, **conv)
-            self.post_quant_conv = nn.Conv2d(P * Cb, c.z_channels, 1)
+            self.post_quant_conv = nn.Conv2d(P * Cb, c.z_channels, c.quant_conv_ks, padding=c.quant_conv_ks // 2)
         else:
             self.decoder = LatentViTDecoder(
                 create_vit(c.decoder_model, drop_path_rate=c.drop_path_rate, pretrained=pretrained_backbone, **vit),
@@ -175,9 +175,13 @@ class Tokenizer(nn.Module):
         self._check_branches(codes)
         return torch.cat([q.var_input(c) for q, c in zip(self.quantizes, codes)], dim=-1)
 
-    def scale_contribution(self, si: int, idx_per_branch: list[torch.Tensor]) -> torch.Tensor:
-        """What the codes of scale ``si`` (one (B, pn*pn) tensor per branch) add to f_hat: (B, P*Cb, h, w)."""
-        return torch.cat([q.contribution(si, idx) for q, idx in zip(self.quantizes, idx_per_branch)], dim=1)
+    def scale_contribution(self, si: int, idx_per_branch: list[torch.Tensor],
+                           vectors_per_branch: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """What the codes of scale ``si`` (one (B, pn*pn) tensor per branch) add to f_hat: (B, P*Cb, h, w).
+        ``vectors_per_branch``: (B, pn*pn, Cb) code vectors to use instead of the codes' own (VAR's more_smooth)."""
+        vectors = vectors_per_branch or [None] * len(self.quantizes)
+        return torch.cat([q.contribution(si, idx, v) for q, idx, v in zip(self.quantizes, idx_per_branch, vectors)],
+                         dim=1)
 
     # semantic regularisation ---------------------------------------------------------------------------------
     def semantic_features(self, x_B3HW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

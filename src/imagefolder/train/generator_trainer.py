@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 from ..config import ConfigError, GeneratorConfig
 from ..data.folder import BadItem, Batch, ImageFolderDataset, find_classes, split_dir
 from ..data.fresh import FreshPictures
-from ..loading import _tokenizer_config, load_tokenizer, save_generator
+from ..loading import _tokenizer_config, load_generator, load_tokenizer, save_generator
 from ..models.generator import Generator, scale_levels
 from .engine import Trainer, TrainingError, all_reduce_
 from .optim import EMA, adamw, param_groups
@@ -50,9 +50,27 @@ def training_classes(opts) -> list[str]:
     raise ConfigError("no training data: set data_path (images) or codes_cache (imagefolder pretokenize output)")
 
 
+# the architecture a var_ckpt fixes (the other model keys, e.g. cond_drop_rate or drop_path_rate, may change)
+_FIXED_BY_CKPT = ("depth", "embed_dim", "num_heads", "mlp_ratio", "num_classes", "attn_l2_norm", "shared_aln")
+
+
+def init_generator(opts) -> Generator:
+    """The generator ``var_ckpt`` names, on ``opts.tokenizer`` (needed for VAR's release) or its own tokenizer."""
+    return load_generator(opts.var_ckpt, tokenizer=opts.tokenizer)
+
+
 def generator_config(opts, model_vals: dict[str, Any]) -> GeneratorConfig:
     """``model_preset`` + the YAML's model keys, with the tokenizer configuration of ``opts.tokenizer`` and, unless
-    the keys give it, ``num_classes`` = the number of classes of the training data."""
+    the keys give it, ``num_classes`` = the number of classes of the training data. With ``var_ckpt`` the
+    checkpoint's configuration + the YAML's model keys that do not change its architecture."""
+    if opts.var_ckpt:
+        base = init_generator(opts).config
+        clash = [k for k in _FIXED_BY_CKPT if k in model_vals and model_vals[k] != getattr(base, k)]
+        if clash:
+            raise ConfigError(f"var_ckpt {opts.var_ckpt} fixes " + ", ".join(f"{k}={getattr(base, k)}" for k in clash)
+                              + f" (the config asks for {', '.join(f'{k}={model_vals[k]}' for k in clash)}); drop "
+                              "these keys")
+        return GeneratorConfig(**{**base.to_dict(), **model_vals, "tokenizer": base.tokenizer})
     if not opts.tokenizer:
         raise ConfigError("no tokenizer: pass --tokenizer CKPT (e.g. a train-tokenizer run's OUT/best, or an "
                           "official tokenizer .pt)")
@@ -72,7 +90,9 @@ class GeneratorTrainer(Trainer):
     best_metric = ("loss", False)
 
     def __init__(self, opts, model_config, out_dir, info, **kw):
-        tok = load_tokenizer(opts.tokenizer)  # before the base class creates OUT: a wrong path fails first
+        self._init_gen = init_generator(opts) if opts.var_ckpt else None  # weights to start from
+        # before the base class creates OUT: a wrong path fails first
+        tok = self._init_gen.tokenizer if self._init_gen is not None else load_tokenizer(opts.tokenizer)
         if tok.config != model_config.tokenizer:
             raise TrainingError(f"the tokenizer {opts.tokenizer} does not have the configuration the generator "
                                 "configuration names; build the configuration with generator_config()")
@@ -126,6 +146,13 @@ class GeneratorTrainer(Trainer):
         o, dev = self.opts, self.device
         gen = Generator(self.model_config, self.tok)
         gen.init_weights(init_adaln_gamma=o.init_adaln_gamma)
+        if self._init_gen is not None:  # fine-tuning: every weight of the checkpoint (empty_emb stays new if p_drop)
+            result = gen.load_state_dict(own_state(self._init_gen), strict=False)
+            assert not result.unexpected_keys, result.unexpected_keys
+            missing = [k for k in result.missing_keys if not k.startswith(_TOKENIZER_KEYS)]
+            if missing and missing != ["empty_emb.weight"]:
+                raise TrainingError(f"var_ckpt {o.var_ckpt} lacks {missing[:4]}")
+            self._init_gen = None
         self.gen = gen.to(dev)
         self.ema = None
         self.eval_gen = self.gen

@@ -303,6 +303,9 @@ class GeneratorTrainOptions(CommonOptions):
 
     model_preset: str = "d16"
     tokenizer: str | None = None         # tokenizer checkpoint (--tokenizer on the command line)
+    var_ckpt: str | None = None          # initial generator weights (fine-tuning): VAR's release (var_d16.pth, with
+                                         # tokenizer = its VQVAE), an official ImageFolder VAR .pt or one of our
+                                         # generator directories (tokenizer unset: its own); the architecture is its
     codes_cache: str | None = None       # codes written by `imagefolder pretokenize` (default: tokenize on the fly)
     tblr: float = 1e-4                   # base lr per 256 images [tblr]; lr (if given) wins
     lr: float = 0.0                      # 0: tblr * global_batch_size / 256
