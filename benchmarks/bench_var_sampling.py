@@ -1,0 +1,187 @@
+"""VAR's release, sampled with VAR's demo settings: our sampler, and optionally VAR's own, on the same weights.
+
+Builds VAR d16 + its VQVAE (presets ``var-d16`` / ``var-vqvae``, random weights, nothing downloaded) and times
+``Generator.generate`` with VAR's demo settings (cfg 4 on a linear ramp, top-k 900, top-p 0.95, more_smooth off;
+decode to pixels included) in fp32 and under bf16 autocast, at each batch size.
+
+With ``--official PATH`` (a local checkout of FoundationVision/VAR; it is imported from there at run time and is
+never copied into this repository) it also builds VAR's own ``VQVAE`` and ``VAR`` modules, loads into them our
+weights exported in VAR's release format (the state dicts ``imagefolder convert`` writes as ``var_d16.pth`` and
+``vae_ch160v4096z32.pth``, loaded with ``strict=True``), checks that VAR's sampler and ours agree on them (fed the
+codes VAR's sampler drew, our guided logits at every scale and our decoded image match its own), and times its
+``autoregressive_infer_cfg`` under the same settings in the same process (bf16: under
+``torch.autocast("cpu", torch.bfloat16)``, as VAR's demo runs it under autocast). Ratios are VAR's time / ours.
+
+The two samplers draw differently (VAR: one generator for the batch; ours: one stream per image), so the codes
+differ for the same seed; the time depends on the draws only through the top-p nucleus sizes.
+
+Usage: python benchmarks/bench_var_sampling.py [--official ../VAR] [--batch-sizes 1 8] [--repeats 2]
+       python benchmarks/bench_var_sampling.py --preset var-tiny --repeats 1 --official ../VAR   # seconds
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+import imagefolder as imf
+from imagefolder import var_release
+from imagefolder.official import to_official_state_dict
+from _timing import best_of, machine
+
+CFG, TOP_K, TOP_P, MORE_SMOOTH = 4.0, 900, 0.95, False
+DEMO_CLASSES = (207, 360, 387, 974, 88, 979, 417, 279)  # the classes of VAR's demo_sample.ipynb
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def labels_for(B: int, num_classes: int) -> torch.Tensor:
+    return torch.tensor([DEMO_CLASSES[i % len(DEMO_CLASSES)] % num_classes for i in range(B)])
+
+
+# VAR's own code ---------------------------------------------------------------------------------------------------
+def import_official(path: Path):
+    """VAR's ``models`` package from a checkout (it imports VAR's top-level ``dist`` module, numpy and
+    huggingface_hub; flash-attn / xformers are optional there)."""
+    if not (path / "models" / "var.py").is_file() or not (path / "dist.py").is_file():
+        sys.exit(f"--official {path}: not a FoundationVision/VAR checkout (no models/var.py and dist.py)")
+    sys.path.insert(0, str(path.resolve()))
+    try:
+        import models as var_models
+        import models.var
+    except ImportError as e:
+        sys.exit(f"--official {path}: VAR's code does not import here ({e}); it needs numpy and huggingface_hub")
+    if not Path(var_models.__file__).resolve().is_relative_to(path.resolve()):
+        sys.exit(f"--official {path}: 'import models' found {var_models.__file__}, not VAR's")
+    return var_models
+
+
+@contextlib.contextmanager
+def no_default_init():
+    """Skip the layers' own random init while building VAR's modules (every weight is loaded afterwards), as
+    VAR's ``build_vae_var`` does, but restore it afterwards (that function leaves it patched for the process)."""
+    classes = (nn.Linear, nn.LayerNorm, nn.Conv2d, nn.Embedding)
+    saved = {c: c.__dict__.get("reset_parameters") for c in classes}  # None: inherited (Conv2d's is _ConvNd's)
+    for c in classes:
+        c.reset_parameters = lambda self: None
+    try:
+        yield
+    finally:
+        for c, fn in saved.items():
+            if fn is None:
+                del c.reset_parameters
+            else:
+                c.reset_parameters = fn
+
+
+def build_official(var_models, gen: imf.Generator):
+    """VAR's VQVAE + VAR with ``gen``'s weights, from our release-format export, loaded strictly."""
+    c, t = gen.config, gen.tokenizer.config
+    if tuple(t.encoder_ch_mult) != (1, 1, 2, 2, 4):
+        sys.exit("VAR's VQVAE has ch_mult 1,1,2,2,4; this preset's tokenizer differs")
+    with no_default_init(), contextlib.redirect_stdout(None):  # VAR's constructor prints its configuration
+        vae = var_models.VQVAE(vocab_size=t.codebook_size, z_channels=t.codebook_embed_dim, ch=t.ch,
+                               quant_conv_ks=t.quant_conv_ks, quant_resi=t.quant_resi,
+                               share_quant_resi=t.share_quant_resi, v_patch_nums=tuple(t.v_patch_nums),
+                               test_mode=True)
+        var = var_models.VAR(vae_local=vae, num_classes=c.num_classes, depth=c.depth, embed_dim=c.embed_dim,
+                             num_heads=c.num_heads, mlp_ratio=c.mlp_ratio, drop_rate=0.0, attn_drop_rate=0.0,
+                             drop_path_rate=0.0, norm_eps=c.norm_eps, shared_aln=False, cond_drop_rate=0.0,
+                             attn_l2_norm=c.attn_l2_norm, patch_nums=tuple(t.v_patch_nums),
+                             flash_if_available=False, fused_if_available=False)
+    # the state dicts imf.export_var_release / `imagefolder convert` write to var_dNN.pth and vae_*.pth
+    vae.load_state_dict(var_release.vqvae_state(gen.tokenizer), strict=True)
+    var.load_state_dict(to_official_state_dict(gen), strict=True)
+    var.rng = torch.Generator(device="cpu")  # VAR makes it on dist.get_device(), which is CUDA when one exists
+    return vae.eval(), var.eval()
+
+
+def official_sampler(var, labels: torch.Tensor, top_k: int, dtype: torch.dtype):
+    def run():
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            return var.autoregressive_infer_cfg(B=labels.shape[0], label_B=labels, g_seed=0, cfg=CFG, top_k=top_k,
+                                                top_p=TOP_P, more_smooth=MORE_SMOOTH)
+    return run
+
+
+def agreement(var, gen: imf.Generator, labels: torch.Tensor, top_k: int) -> tuple[float, float]:
+    """Run VAR's fp32 sampler recording the guided logits it saw and the codes it drew; feed those codes to ours.
+    Returns the largest differences of the guided logits (over all scales) and of the images."""
+    import models.var as var_module
+
+    seen, drawn = [], []
+    original = var_module.sample_with_top_k_top_p_
+
+    def recording(logits_BlV, **kw):
+        seen.append(logits_BlV.clone())
+        idx = original(logits_BlV, **kw)
+        drawn.append(idx[:, :, 0].clone())
+        return idx
+
+    var_module.sample_with_top_k_top_p_ = recording
+    try:
+        theirs_img = official_sampler(var, labels, top_k, torch.float32)()
+    finally:
+        var_module.sample_with_top_k_top_p_ = original
+    if len(seen) != len(gen.patch_nums):
+        sys.exit(f"recorded {len(seen)} scales of VAR's sampler, expected {len(gen.patch_nums)}")
+    ours_logits = gen.guided_logits(labels, [drawn], cfg=CFG)[0]
+    d_logits = max((a.double() - b.double()).abs().max().item() for a, b in zip(ours_logits, seen))
+    with torch.no_grad():
+        ours_img = gen.tokenizer.decode([drawn]).add(1).mul(0.5)
+    return d_logits, (ours_img.double() - theirs_img.double()).abs().max().item()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="var-d16", help="generator preset (var-d16 ... var-d30; var-tiny to try the "
+                    "script in seconds)")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], help="batch sizes to time")
+    ap.add_argument("--repeats", type=int, default=2, help="timed runs per setting (the best is reported)")
+    ap.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES), help="precisions to time")
+    ap.add_argument("--official", type=Path, default=None,
+                    help="a local checkout of FoundationVision/VAR: also time its own sampler on the same weights")
+    args = ap.parse_args()
+
+    var_models = import_official(args.official) if args.official is not None else None
+    torch.manual_seed(0)
+    gen = imf.load_generator(args.preset).eval()
+    top_k = min(TOP_K, gen.V)  # VAR's topk fails on k > V (only a tiny preset has V < 900)
+    print(f"machine: {machine()}")
+    own = sum(p.numel() for n, p in gen.named_parameters() if not n.startswith("tokenizer.")) / 1e6
+    tok = sum(p.numel() for p in gen.tokenizer.parameters()) / 1e6
+    print(f"generator {args.preset}: {own:.1f} M parameters + VQVAE {tok:.1f} M, {gen.L} tokens, V {gen.V}; "
+          f"cfg {CFG:g}, top-k {top_k}, top-p {TOP_P}, more_smooth {MORE_SMOOTH}; decode included")
+    var = None
+    if var_models is not None:
+        _, var = build_official(var_models, gen)
+        print(f"official: VAR's models/ from {args.official}, our weights loaded strictly in its release format")
+        d_logits, d_img = agreement(var, gen, labels_for(2, gen.num_classes), top_k)
+        print(f"agreement, fp32, batch 2, fed the codes VAR's sampler drew: guided logits max |diff| {d_logits:.2e} "
+              f"over all scales, decoded image max |diff| {d_img:.2e}")
+
+    for B in args.batch_sizes:
+        labels = labels_for(B, gen.num_classes)
+        parts = []
+        times = {}
+        for name in args.dtypes:
+            dtype = DTYPES[name]
+            t_ours = best_of(lambda: gen.generate(labels, cfg=CFG, top_k=top_k, top_p=TOP_P, seed=0, dtype=dtype,
+                                                  more_smooth=MORE_SMOOTH), args.repeats)
+            times[name] = t_ours
+            if var is not None:
+                t_var = best_of(official_sampler(var, labels, top_k, dtype), args.repeats)
+                parts.append(f"{name}: VAR {t_var:6.2f} s, ours {t_ours:6.2f} s (x{t_var / t_ours:.2f}; "
+                             f"{t_ours / B:.2f} s/img)")
+            else:
+                parts.append(f"{name}: ours {t_ours:6.2f} s ({t_ours / B:.2f} s/img)")
+        if "fp32" in times and "bf16" in times:
+            parts.append(f"ours bf16 vs fp32 x{times['fp32'] / times['bf16']:.2f}")
+        print(f"batch {B:2d}: " + " | ".join(parts))
+
+
+if __name__ == "__main__":
+    main()
