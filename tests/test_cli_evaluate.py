@@ -47,8 +47,8 @@ def _run(capsys, *argv) -> tuple[int, str, str]:
 
 
 def _evaluate(capsys, root: Path, *argv) -> dict:
-    out = root / "metrics.json"
-    rc, stdout, err = _run(capsys, *argv, "--out", out, "--device", "cpu")
+    out = root / "metrics.json"  # shared by the tests: replaced each time
+    rc, stdout, err = _run(capsys, *argv, "--out", out, "--overwrite", "--device", "cpu")
     assert rc == 0, err
     return json.loads(out.read_text())
 

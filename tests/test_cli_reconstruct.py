@@ -113,7 +113,7 @@ def test_corrupt_image_is_one_line_and_leaves_no_summary(folder, tmp_path, capsy
     assert (out / "metrics.json").exists()
     bad = folder / "sub" / "zz_broken.png"
     bad.write_bytes(b"not an image at all")
-    rc, _, err = _run(capsys, "--tokenizer", "tiny", "--images", folder, "--out", out, "--batch-size", 2)
+    rc, _, err = _run(capsys, "--tokenizer", "tiny", "--images", folder, "--out", out, "--batch-size", 2, "--overwrite")
     _assert_one_line_error(rc, err, str(bad), "cannot read image")
     assert not (out / "metrics.json").exists() and not (out / "grid.png").exists()  # no stale summary left behind
 

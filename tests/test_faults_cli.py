@@ -1,6 +1,7 @@
 """Fault injection, command line: one error boundary (expected failures are one line with exit 2, others keep
 their traceback), a full disk during checkpoint writes, wrong types in config.json, malformed evaluate inputs,
-sample folders holding samples of other settings, non-finite guidance."""
+sample folders holding samples of other settings, non-finite guidance, outputs that are never replaced without
+--overwrite."""
 from __future__ import annotations
 
 import errno
@@ -138,7 +139,7 @@ def test_malformed_evaluate_inputs_are_one_line(tmp_path, capsys):
     for argv, expected in ((["none.npz"], "holds no images"),
                            (["float_labels.npz"], "expected integer class ids"),
                            (["good.npz", "--ref", "none.npz"], "holds no images"),
-                           (["good.npz", "--out", "outdir"], "outdir: is a folder")):
+                           (["good.npz", "--out", "outdir"], "outdir is a folder")):
         argv = [str(tmp_path / a) if a.endswith((".npz", "outdir")) else a for a in argv]
         assert main(["evaluate", *argv, "--no-inception", "--classifier", str(classifier), "--device", "cpu"]) == 2
         assert expected in _one_line(capsys)
@@ -213,3 +214,107 @@ def test_train_classifier_does_not_overwrite_a_used_out(tmp_path, capsys):
     assert main([*argv, "--out", str(tok), "--overwrite"]) == 0
     from imagefolder.models.classifier import load_classifier
     assert load_classifier(tok)[1] == sorted(p.name for p in data.iterdir())
+
+
+# outputs: an existing one is refused (one line naming it, before any compute, nothing changed) unless --overwrite --
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    return imf.save_tokenizer(imf.load_tokenizer("tiny"), tmp_path_factory.mktemp("tok") / "tiny")
+
+
+def _refused(capsys, path: Path, before: bytes | None = None) -> None:
+    line = _one_line(capsys)
+    assert str(path) in line and "--overwrite" in line, line
+    if before is not None:
+        assert path.read_bytes() == before
+
+
+def test_convert_refuses_an_existing_output_unless_overwrite(tok_dir, tmp_path, capsys):
+    official = tmp_path / "tok.pt"
+    assert main(["convert", str(tok_dir), "--out", str(official)]) == 0
+    before = official.read_bytes()
+    assert main(["convert", str(tok_dir), "--out", str(official)]) == 2  # ours -> an existing official file
+    _refused(capsys, official, before)
+    assert main(["convert", str(tok_dir), "--out", str(official), "--overwrite"]) == 0
+    ours = tmp_path / "ours"
+    assert main(["convert", str(official), "--out", str(ours)]) == 0
+    weights = (ours / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main(["convert", str(official), "--out", str(ours)]) == 2  # official -> a used folder
+    line = _one_line(capsys)
+    assert str(ours) in line and "holds a tokenizer" in line and "--overwrite" in line
+    assert (ours / "model.safetensors").read_bytes() == weights
+    assert main(["convert", str(official), "--out", str(ours), "--overwrite"]) == 0
+    (tmp_path / "file").write_text("x")
+    assert main(["convert", str(official), "--out", str(tmp_path / "file"), "--overwrite"]) == 2  # not a folder
+    assert "is a file" in _one_line(capsys)
+
+
+def test_convert_refuses_to_replace_a_generators_vqvae_written_beside_it(gen_dir, tmp_path, capsys):
+    """VAR's format writes a generator's VQVAE next to it (release_vqvae_path): that file is an output too."""
+    from imagefolder.loading import release_vqvae_path
+    out = tmp_path / "release" / "var_tiny.pth"
+    vqvae = release_vqvae_path(out, imf.load_generator(gen_dir).tokenizer)
+    vqvae.parent.mkdir()
+    vqvae.write_bytes(b"an earlier VQVAE")
+    assert main(["convert", str(gen_dir), "--out", str(out), "--format", "var"]) == 2
+    _refused(capsys, vqvae, b"an earlier VQVAE")
+    assert not out.exists()
+
+
+def test_complete_refuses_an_existing_figure_unless_overwrite(gen_dir, tmp_path, capsys):
+    pics = make_image_folder(tmp_path / "pics", classes=1, per_class=2)
+    out = tmp_path / "fig.png"
+    out.write_bytes(b"an earlier figure")
+    argv = ["complete", str(pics), "--generator", str(gen_dir), "--classes", "1", "--num", "1", "--top-k", "16",
+            "--no-progress", "--out", str(out)]
+    assert main(argv) == 2
+    _refused(capsys, out, b"an earlier figure")
+    assert main([*argv, "--overwrite"]) == 0
+    from PIL import Image
+    with Image.open(out) as img:
+        assert img.format == "PNG"
+
+
+def test_reconstruct_refuses_a_used_folder_and_overwrite_replaces_only_its_results(tok_dir, tmp_path, capsys):
+    out = tmp_path / "rec"
+    argv = ["reconstruct", "--tokenizer", str(tok_dir), "--builtin", "2", "--out", str(out), "--device", "cpu"]
+    assert main([*argv, "--save-images"]) == 0
+    before = (out / "metrics.json").read_bytes()
+    assert len(list((out / "recon").iterdir())) == 2
+    capsys.readouterr()
+    assert main([*argv, "--builtin", "1"]) == 2
+    _refused(capsys, out)
+    assert (out / "metrics.json").read_bytes() == before and len(list((out / "recon").iterdir())) == 2
+    (out / "notes.txt").write_text("mine")
+    assert main([*argv, "--builtin", "1", "--overwrite"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["count"] == 1
+    assert not (out / "recon").exists()  # the earlier run's reconstructions do not stay beside the new results
+    assert (out / "notes.txt").read_text() == "mine"  # not one of reconstruct's files: kept
+    (tmp_path / "file").write_text("x")
+    assert main([*argv[:-4], "--out", str(tmp_path / "file"), "--overwrite"]) == 2
+    assert "is a file" in _one_line(capsys)
+
+
+def test_pretokenize_probe_and_evaluate_refuse_an_existing_output_before_any_work(tok_dir, tmp_path, capsys):
+    data = make_image_folder(tmp_path / "d" / "train", per_class=2)
+    make_image_folder(tmp_path / "d" / "val", per_class=1, seed=1)
+    old = tmp_path / "old.out"
+    old.write_bytes(b"earlier results")
+    np.savez(tmp_path / "imgs.npz", arr_0=np.zeros((2, 16, 16, 3), np.uint8))
+    classifier = Path(imf.__file__).parent / "assets" / "demo" / "classifier"
+    evaluate = ["evaluate", str(tmp_path / "imgs.npz"), "--no-inception", "--classifier", str(classifier),
+                "--device", "cpu"]
+    for argv in (["pretokenize", "--tokenizer", str(tok_dir), "--data", str(data.parent), "--num-workers", "0",
+                  "--device", "cpu", "--no-progress", "--out", str(old)],
+                 ["probe", "--tokenizer", str(tok_dir), "--data", str(data.parent), "--epochs", "2", "--device", "cpu",
+                  "--out", str(old)],
+                 [*evaluate, "--out", str(old)],
+                 [*evaluate, "--ref", str(tmp_path / "imgs.npz"), "--save-ref-stats", str(old)]):
+        assert main(argv) == 2, argv
+        _refused(capsys, old, b"earlier results")
+        assert main([*argv, "--overwrite"]) == 0, argv
+        assert old.read_bytes() != b"earlier results"
+        old.write_bytes(b"earlier results")
+        capsys.readouterr()

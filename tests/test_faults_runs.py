@@ -184,3 +184,121 @@ def test_generator_resume_from_a_mid_run_checkpoint_is_bit_identical(tmp_path, t
     run(tmp_path / "resumed", resume=Checkpoints(tmp_path / "straight").path(2))
     a, b = _weights(tmp_path / "straight" / "last"), _weights(tmp_path / "resumed" / "last")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# demo and ablate: stopped like a trainer (exit 128 + signal, one line, the running trainer's checkpoint saved) -----
+def _popen(argv, stdout, env_extra=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    return subprocess.Popen([sys.executable, "-m", "imagefolder", *argv], stdout=stdout, stderr=subprocess.PIPE,
+                            text=True, env=env)
+
+
+def _wait_for(proc, ready, seconds=240) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline and not ready() and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stderr.read()
+    assert ready(), "the process did not get there in time"
+
+
+def test_demo_stopped_by_sigterm_while_training_exits_like_the_trainer(tmp_path):
+    out = tmp_path / "demo"
+    proc = _popen(["demo", "--train", "--quick", "--classifier-epochs", "1", "--teacher-epochs", "1",
+                   "--tokenizer-steps", "100000", "--generator-steps", "1", "--device", "cpu", "--no-progress",
+                   "--out", str(out)], subprocess.DEVNULL)
+    metrics = out / "tokenizer" / "metrics.jsonl"
+    try:
+        _wait_for(proc, lambda: metrics.exists() and metrics.read_text().strip() != "")  # inside the training loop
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "stopped by SIGTERM while training the tokenizer at step" in lines[0], err
+    latest = Checkpoints(out / "tokenizer").latest()
+    assert latest is not None and str(latest) in lines[0] and load_train_state(latest)["step"] >= 10
+    assert "starts afresh" in lines[0] and "error" not in lines[0]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_ablate_stopped_outside_a_trainer_exits_with_128_plus_the_signal(tmp_path, sig):
+    """In the shared stage (the dataset, then the judge): no traceback, no 'error', the exit status of the signal."""
+    log, out = tmp_path / "stdout.txt", tmp_path / "abl"
+    with open(log, "w") as stdout:
+        proc = _popen(["ablate", "--rows", "1", "--tokenizer-steps", "1", "--generator-steps", "1", "--device", "cpu",
+                       "--no-progress", "--out", str(out)], stdout)
+        try:
+            _wait_for(proc, lambda: "[shared]" in log.read_text())
+            time.sleep(1.0)
+            proc.send_signal(sig)
+            _, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 128 + sig, err
+    assert err.strip().splitlines() == [f"imagefolder ablate: stopped by {signal.Signals(sig).name}"]
+    assert not [p for p in out.rglob("*.tmp")]
+
+
+def test_a_trainer_interrupted_inside_ablate_names_its_checkpoint_and_how_to_continue(monkeypatch, tmp_path, capsys):
+    """What ablate reports when the SIGTERM came during one of its trainers (that path in a real process is the
+    demo's test above; a real ablate reaches its first trainer only after its judge and teacher, minutes)."""
+    from imagefolder.ablation import run as ablation_run
+    from imagefolder.train.engine import Interrupted
+
+    def interrupted(settings):
+        raise Interrupted("stopped by SIGTERM at step 3; ...", int(signal.SIGTERM), kind="tokenizer", step=3,
+                          checkpoint=tmp_path / "row1" / "tokenizer" / "checkpoints" / "step-00000003.pt")
+
+    monkeypatch.setattr(ablation_run, "run_ablation", interrupted)
+    assert main(["ablate", "--rows", "1", "--out", str(tmp_path), "--device", "cpu"]) == 128 + signal.SIGTERM
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [f"imagefolder ablate: stopped by SIGTERM while training the tokenizer at step 3 (checkpoint "
+                     f"{tmp_path}/row1/tokenizer/checkpoints/step-00000003.pt written); the same command continues "
+                     "the ablation (finished stages are kept, this one starts over)"]
+
+
+def test_kill_9_during_a_checkpoint_write_keeps_the_previous_one_and_the_next_start_cleans_up(data, tmp_path):
+    """A real process writes a large checkpoint through Checkpoints.save (atomic_write) and is killed with SIGKILL
+    while its temporary file grows: the previous checkpoint still loads, --resume auto picks it, and the next
+    start of the trainer removes the orphaned .tmp."""
+    cfg, out = _cfg(tmp_path, data, ckpt_every=1), tmp_path / "run"
+    assert _train(cfg, out, "--max-steps", 1) == 0
+    previous = Checkpoints(out).latest()
+    assert previous.name == "step-00000001.pt"
+    writer = ("import sys, torch\n"
+              "from imagefolder.train.state import Checkpoints, load_train_state\n"
+              "ckpts = Checkpoints(sys.argv[1])\n"
+              "state = load_train_state(ckpts.latest())\n"
+              "state['ballast'] = torch.ones(96 * 2**20)  # 384 MiB: a write that takes a while\n"
+              "print('writing', flush=True)\n"
+              "ckpts.save(2, state)\n"
+              "print('written', flush=True)\n")
+    proc = subprocess.Popen([sys.executable, "-c", writer, str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        assert proc.stdout.readline().strip() == "writing", proc.stderr.read()
+        deadline, partial = time.time() + 60, []
+        while time.time() < deadline and proc.poll() is None:
+            partial = [p for p in (out / "checkpoints").iterdir() if p.name.endswith(".tmp")]
+            if partial and partial[0].stat().st_size > 2**20:  # a part of it is on disk
+                break
+            time.sleep(0.002)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert partial and partial[0].exists(), "the kill came after the write had finished"
+    assert partial[0].name.startswith(".step-00000002.pt.") and not Checkpoints(out).path(2).exists()
+    assert 2**20 < partial[0].stat().st_size < 96 * 2**22  # half-written
+    # the previous checkpoint is intact and is the one --resume auto continues; the next start removes the .tmp
+    assert Checkpoints(out).latest() == previous and load_train_state(previous)["step"] == 1
+    assert _train(cfg, out, "--resume", "auto", "--max-steps", 2) == 0
+    assert not partial[0].exists()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000001.pt", "step-00000002.pt"]
+    assert load_train_state(Checkpoints(out).latest())["step"] == 2
+    assert "left by an interrupted write" in (out / "log.txt").read_text()

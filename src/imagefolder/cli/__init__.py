@@ -7,9 +7,12 @@ plain line on stderr with exit status 2, never as a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
+import signal
 import sys
+import threading
 
 from ..config import ConfigError
 from ..official import CheckpointError
@@ -29,6 +32,48 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
 class UsageError(Exception):
     """The command line asks for something impossible; the message says what to change."""
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM arrived (inside ``stop_on_signals``): raised like the KeyboardInterrupt of SIGINT, so the command
+    unwinds the same way (temporary files of atomic writes are removed) and exits with 128 + the signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """For commands made of stages (demo, ablate): SIGTERM raises ``Stopped`` as SIGINT raises KeyboardInterrupt,
+    instead of killing the process on the spot; ``main`` turns either into one line and exit status 128 + signal.
+    A trainer running as a stage installs its own handlers meanwhile (it saves a checkpoint, raises
+    ``Interrupted``)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Stopped(signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def stage_interrupted(e, next_step: str):
+    """The ``Interrupted`` of a trainer run as a stage of a larger command, with what continuing means there."""
+    from ..data.images import printable
+    from ..train.engine import Interrupted
+    return Interrupted(f"stopped by {e.signame} while training the {e.kind} at step {e.step} (checkpoint "
+                       f"{printable(str(e.checkpoint))} written); {next_step}", e.signum, kind=e.kind, step=e.step,
+                       checkpoint=e.checkpoint)
+
+
+def signal_name(signum: int) -> str:
+    return signal.Signals(signum).name if signum in iter(signal.Signals) else f"signal {signum}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,11 +100,16 @@ def main(argv: list[str] | None = None) -> int:
     except (*expected_errors(), OSError) as e:
         if isinstance(e, OSError) and not _expected_os_error(e):
             raise  # not a condition the user can fix: keep the traceback
+        from ..train.engine import Interrupted
+        if isinstance(e, Interrupted):  # SIGTERM / SIGINT: a trainer saved a checkpoint; the message says what next
+            print(f"imagefolder {args.command}: {one_line(e)}", file=sys.stderr)
+            return 128 + e.signum
         print(f"imagefolder {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"imagefolder {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # SIGINT, or SIGTERM inside stop_on_signals
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(f"imagefolder {args.command}: stopped by {signal_name(signum)}", file=sys.stderr)
+        return 128 + signum
 
 
 # failures of the file system the user can fix (space, permissions, a file where a folder belongs, ...)

@@ -39,9 +39,8 @@ def prepare_out(out: str | Path, resume: str | None, overwrite: bool, is_main: b
     ``--overwrite`` deletes the earlier run's files (only those a run writes) on the main process."""
     from ..data.images import printable
     from . import UsageError
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {printable(str(out))} is a file; give a folder for the run")
+    from ._outputs import check_kind, remove_outputs
+    out = check_kind(out, "folder", purpose="the run")
     if resume and overwrite:
         raise UsageError("--resume continues the run in OUT and --overwrite deletes it: give one of them")
     entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
@@ -57,13 +56,7 @@ def prepare_out(out: str | Path, resume: str | None, overwrite: bool, is_main: b
         raise UsageError(f"--out {printable(str(out))} is not empty ({printable(what)}); continue that run with "
                          "--resume auto, start afresh with --overwrite, or choose another --out")
     if is_main:
-        import shutil
-        for name in RUN_ENTRIES:
-            p = out / name
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p)
-            elif p.exists() or p.is_symlink():
-                p.unlink()
+        remove_outputs(out, RUN_ENTRIES)
 
 
 def run_training(trainer_cls, opts, model_config, args) -> int:

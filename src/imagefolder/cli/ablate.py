@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import shlex
 
-from . import UsageError
+from . import UsageError, stage_interrupted, stop_on_signals
 
 DEFAULTS = {"out": "runs/ablation", "scale": "cpu", "rows": "1-6", "device": "auto", "seed": 0}
 
@@ -81,6 +81,7 @@ def run(args) -> int:
     from ..ablation.rows import parse_rows
     from ..ablation.run import AblationSettings, run_ablation
     from ..distributed import pick_device
+    from ..train.engine import Interrupted
     try:
         rows = tuple(parse_rows(args.rows))
     except ValueError as e:
@@ -94,7 +95,11 @@ def run(args) -> int:
         generator_steps=args.generator_steps, budget_minutes=args.budget_minutes, dataset=args.dataset,
         seed=args.seed, device=args.device, progress=not args.no_progress, command=_command(args))
     try:
-        run_ablation(settings)
+        with stop_on_signals():  # SIGTERM / SIGINT: one line, exit 128 + signal (main)
+            run_ablation(settings)
     except AblationError as e:
         raise UsageError(str(e)) from None
+    except Interrupted as e:  # during a trainer: it saved its checkpoint; the stage itself starts over when rerun
+        raise stage_interrupted(e, "the same command continues the ablation (finished stages are kept, this one "
+                                   "starts over)") from None
     return 0

@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from . import HelpFormatter, UsageError
+from ._outputs import add_overwrite_option, check_output
 from .reconstruct import _device
 from .sample import DTYPES, TOKENIZER_HELP, add_sampling_options, check_sampling_options, parse_classes
 
@@ -45,6 +46,7 @@ def add_parser(sub) -> None:
                    help="float32 is exact; bfloat16/float16 run the generator under autocast")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run")
     p.add_argument("--out", type=Path, default=Path("completions.png"), metavar="PNG", help="the figure to write")
+    add_overwrite_option(p, "an existing --out figure")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
@@ -75,6 +77,7 @@ def run(args) -> int:
     if args.num < 1 or args.batch_size < 1:
         raise UsageError("--num and --batch-size must be at least 1")
     check_sampling_options(args)
+    check_output(args.out, args.overwrite, purpose="the figure")
     paths = _pictures(args.images)
     device = _device(args.device)
     gen = load_generator(args.generator, tokenizer=args.tokenizer).to(device)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._outputs import add_overwrite_option, check_kind, check_output
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -25,13 +27,40 @@ def add_parser(sub) -> None:
                    help="official format written from one of our directories: imagefolder (the ImageFolder "
                         "authors' .pt), var (VAR's release: plain state dicts), auto (var for tokenizers with VAR's "
                         "3x3 quant_conv, else imagefolder)")
+    add_overwrite_option(p, "an existing --out file (and a generator's VQVAE file next to it), or write into a "
+                         "non-empty --out folder, replacing its config.json and model.safetensors")
     p.set_defaults(run=run)
+
+
+def _check_out(args) -> None:
+    """Before any loading: an existing output is replaced only with --overwrite."""
+    from ..checkpoint import is_our_checkpoint, read_config
+    from ..config import GeneratorConfig
+    from ..loading import official_format, release_vqvae_path
+    if not is_our_checkpoint(args.checkpoint):  # official -> our directory
+        out = check_kind(args.out, "folder", purpose="our checkpoint (config.json, model.safetensors)")
+        holds = ""
+        if (out / "config.json").is_file():
+            try:
+                holds = f"it holds a {read_config(out).get('kind')}"
+            except Exception:  # noqa: BLE001 - only for the message
+                holds = ""
+        check_output(out, args.overwrite, kind="folder", holds=holds)
+        return
+    also = []
+    cfg = read_config(args.checkpoint)
+    if cfg.get("kind") == "generator":
+        tok_cfg = GeneratorConfig.from_dict(cfg["config"]).tokenizer
+        if (official_format(tok_cfg) if args.format == "auto" else args.format) == "var":
+            also.append(release_vqvae_path(args.out, tok_cfg))
+    check_output(args.out, args.overwrite, kind="file", purpose="the official checkpoint", also=also)
 
 
 def run(args) -> int:
     from ..checkpoint import is_our_checkpoint, read_config
     from ..config import GeneratorConfig
     from ..loading import convert, official_format, release_vqvae_path
+    _check_out(args)
     kind, path = convert(args.checkpoint, args.out, tokenizer=args.tokenizer, format=args.format)
     print(f"wrote {kind} to {path}")
     if kind == "generator" and is_our_checkpoint(args.checkpoint):

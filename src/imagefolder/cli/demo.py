@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import shlex
 
-from . import UsageError
+from . import UsageError, stage_interrupted, stop_on_signals
 
 DEFAULTS = {"out": "runs/demo", "device": "auto", "seed": 0}  # left out of the recorded command
 FIXED_COUNTS = ("classifier_epochs", "teacher_epochs", "tokenizer_steps", "generator_steps")
@@ -97,6 +97,7 @@ def run(args) -> int:
     from ..demo.assets import DEFAULT_ASSETS
     from ..demo.pipeline import DemoSettings, run_demo
     from ..distributed import pick_device
+    from ..train.engine import Interrupted
     _check(args)
     try:
         pick_device(args.device)
@@ -109,7 +110,10 @@ def run(args) -> int:
         generator_steps=args.generator_steps, ship=args.ship,
         device=args.device, seed=args.seed, progress=not args.no_progress, command=_command(args))
     try:
-        run_demo(settings)
+        with stop_on_signals():  # SIGTERM / SIGINT: one line, exit 128 + signal (main)
+            run_demo(settings)
     except DemoError as e:
         raise UsageError(str(e)) from None
+    except Interrupted as e:  # during a trainer: it saved its checkpoint, but a demo run does not continue one
+        raise stage_interrupted(e, f"the next demo run into {args.out} starts afresh") from None
     return 0

@@ -39,6 +39,7 @@ from ..metrics.fid import FeatureStats, StatsFileError, is_stats_file, load_stat
 from ..metrics.imagesets import ImageSet, npz_keys, open_images, pair_by_name
 from ..metrics.inception import InceptionUnavailable
 from . import HelpFormatter, UsageError
+from ._outputs import add_overwrite_option, check_output
 
 
 def add_parser(sub) -> None:
@@ -67,6 +68,7 @@ def add_parser(sub) -> None:
                         "images differ in size (with --recon-of the originals are cropped to the "
                         "reconstructions' size by default)")
     p.add_argument("--out", metavar="FILE", help="write all numbers to this JSON file")
+    add_overwrite_option(p, "an existing --out or --save-ref-stats file")
     p.add_argument("--batch-size", type=int, default=50, metavar="N", help="images per forward pass")
     p.add_argument("--workers", type=int, default=4, metavar="N", help="threads decoding image files")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -94,6 +96,9 @@ def _check(args) -> None:
         raise UsageError("--save-ref-stats needs reference images (--ref or --recon-of)")
     if args.inception_weights and not Path(args.inception_weights).is_file():
         raise FileNotFoundError(f"--inception-weights {args.inception_weights}: no such file")
+    for option, path in (("--out", args.out), ("--save-ref-stats", args.save_ref_stats)):
+        if path:
+            check_output(path, args.overwrite, option=option)
 
 
 def _device(choice: str):

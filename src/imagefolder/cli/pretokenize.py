@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 from . import UsageError
+from ._outputs import add_overwrite_option, check_output
 
 
 def add_parser(sub) -> None:
@@ -21,6 +22,7 @@ def add_parser(sub) -> None:
                    help="the trained tokenizer: one of our checkpoint directories or an official tokenizer .pt")
     p.add_argument("--data", required=True, metavar="DIR", help="training images (ImageFolder layout)")
     p.add_argument("--out", required=True, metavar="FILE", help="the cache to write (e.g. codes.safetensors)")
+    add_overwrite_option(p, "an existing --out cache")
     p.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per forward pass (default: 64)")
     p.add_argument("--num-workers", type=int, default=2, metavar="N", help="image-decoding processes (default: 2)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -36,6 +38,7 @@ def run(args) -> int:
     from ..train.pretokenize import pretokenize
     if args.batch_size < 1 or args.num_workers < 0:
         raise UsageError("--batch-size must be >= 1 and --num-workers >= 0")
+    check_output(args.out, args.overwrite, purpose="the codes cache")
     try:
         device = pick_device(args.device)
     except RuntimeError as e:

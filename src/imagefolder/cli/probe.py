@@ -16,6 +16,7 @@ from pathlib import Path
 from torch.utils.data import DataLoader
 
 from . import HelpFormatter, UsageError
+from ._outputs import add_overwrite_option, check_output
 
 
 def add_parser(sub) -> None:
@@ -38,6 +39,7 @@ def add_parser(sub) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where to run (auto: cuda when available)")
     p.add_argument("--out", metavar="FILE", help="write the results as JSON to FILE")
+    add_overwrite_option(p, "an existing --out file")
     p.set_defaults(run=run)
 
 
@@ -48,6 +50,8 @@ def _check(args) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
     if args.weight_decay < 0:
         raise UsageError(f"--weight-decay must be >= 0, got {args.weight_decay}")
+    if args.out:
+        check_output(args.out, args.overwrite, purpose="the results")
 
 
 def _loaders(data: Path, image_size: int, batch_size: int, workers: int) -> tuple[DataLoader, DataLoader, list[str]]:

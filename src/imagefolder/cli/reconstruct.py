@@ -3,7 +3,8 @@
 Output folder: ``grid.png`` (originals above reconstructions), ``progression.png`` (one row per image: the input,
 then the decoding after scales 1..K), ``metrics.csv`` and ``metrics.json`` (per-image PSNR/SSIM and means) and,
 with ``--save-images``, ``recon/`` (one PNG per image). ``metrics.json`` is written last, so it marks a complete
-run; the previous run's summary files are removed before the first new file is written.
+run. A non-empty output folder is refused unless ``--overwrite``, which deletes the earlier run's files (those
+above; other files are kept) before the first new file is written.
 """
 from __future__ import annotations
 
@@ -24,9 +25,11 @@ from ..checkpoint import atomic_write
 from ..data import ImageError, ImageFiles, builtin_images, builtin_names, find_images, to_tensor
 from ..metrics import psnr, ssim
 from . import UsageError
+from ._outputs import add_overwrite_option, check_output, remove_outputs
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 SUMMARY_FILES = ("metrics.json", "metrics.csv", "grid.png", "progression.png")
+OUTPUTS = (*SUMMARY_FILES, "recon")  # what --overwrite deletes
 DEFAULT_BUILTIN = 16
 METRICS_NOTE = ("per image, on 8-bit RGB in [0, 1] (the saved PNGs): PSNR in dB; SSIM with an 11x11 Gaussian "
                 "window (sigma 1.5, K1 0.01, K2 0.03), mean over positions and channels")
@@ -47,7 +50,7 @@ def add_parser(sub) -> None:
         description="Encode images to codes and decode them again. Images are center-cropped and resized to the "
                     "tokenizer's size (ADM-style). Without --images the built-in picture set (coloured shapes, "
                     "no download) is used. Writes grid.png, progression.png, metrics.csv and metrics.json "
-                    "(written last: it marks a complete run) to --out.",
+                    "(written last: it marks a complete run) to --out; a non-empty --out only with --overwrite.",
         formatter_class=_HelpFormatter)
     p.add_argument("--tokenizer", required=True, metavar="CKPT",
                    help="official tokenizer or VAR .pt file, VAR's released VQVAE (vae_ch160v4096z32.pth; its "
@@ -61,6 +64,8 @@ def add_parser(sub) -> None:
                              "not given)")
     p.add_argument("--seed", type=int, default=0, help="seed of the built-in picture set")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    add_overwrite_option(p, "the results in a non-empty --out: its grid.png, progression.png, metrics.csv, "
+                         "metrics.json and recon/ are deleted first; other files are kept")
     p.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per forward pass")
     p.add_argument("--limit", type=int, metavar="N", help="reconstruct at most the first N images (default: all)")
     p.add_argument("--grid", type=int, default=16, metavar="N", help="images shown in grid.png (0: no grid)")
@@ -183,14 +188,13 @@ def _run(args) -> int:
     from ..viz import comparison_grid, progression_grid, save_png
 
     _check_counts(args)
+    out = check_output(args.out, args.overwrite, kind="folder", purpose="the results")
     device, dtype = _device(args.device), DTYPES[args.dtype]
     tok = load_tokenizer(args.tokenizer).to(device)
     size = tok.config.image_size
     names, dataset, source = _inputs(args, size)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name in SUMMARY_FILES:
-        (out / name).unlink(missing_ok=True)
+    remove_outputs(out, OUTPUTS)  # --overwrite: no result of the earlier run stays beside the new ones
 
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False)
     res = _reconstruct_all(tok, loader, dtype, device, keep=max(args.grid, args.progression),

@@ -160,8 +160,8 @@ def prepare_sample_folder(out: Path, settings: dict, overwrite: bool, is_main: b
     settings in OUT/sample.json. Samples of the same settings are kept: a killed run continues."""
     from ..checkpoint import atomic_write
     from ..data.images import printable
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {printable(str(out))} is a file; give a folder for the samples")
+    from ._outputs import check_kind
+    check_kind(out, "folder", purpose="the samples")
     earlier = _earlier_samples(out)
     recorded = None
     if (out / SETTINGS).is_file():

@@ -67,20 +67,16 @@ def run(args) -> int:
 
 
 def _check(args) -> None:
-    from pathlib import Path
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file; give a folder for the classifier")
-    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
-        kind = ""
-        if (out / "config.json").is_file():
-            try:
-                from ..checkpoint import read_config
-                kind = f" (it holds a {read_config(out).get('kind')})"
-            except Exception:  # noqa: BLE001 - only for the message
-                kind = ""
-        raise UsageError(f"--out {out} is not empty{kind}; choose another folder, or pass --overwrite to replace "
-                         "its config.json and model.safetensors")
+    from ._outputs import check_kind, check_output
+    out = check_kind(args.out, "folder", purpose="the classifier")
+    holds = ""
+    if (out / "config.json").is_file():
+        try:
+            from ..checkpoint import read_config
+            holds = f"it holds a {read_config(out).get('kind')}"
+        except Exception:  # noqa: BLE001 - only for the message
+            holds = ""
+    check_output(out, args.overwrite, kind="folder", holds=holds)
     for name, low in (("epochs", 1), ("batch_size", 1), ("image_size", 8), ("workers", 0)):
         if getattr(args, name) < low:
             raise UsageError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(args, name)}")

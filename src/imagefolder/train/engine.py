@@ -44,11 +44,15 @@ class TrainingError(RuntimeError):
 
 
 class Interrupted(TrainingError):
-    """SIGTERM / SIGINT arrived during training; a resumable checkpoint was written first."""
+    """SIGTERM / SIGINT arrived during training; a resumable checkpoint was written first. ``signame``, ``kind``
+    (what was trained), ``step`` and ``checkpoint`` let a caller that runs trainers as stages (demo, ablate) say
+    what continuing means there."""
 
-    def __init__(self, message: str, signum: int):
+    def __init__(self, message: str, signum: int, *, kind: str = "model", step: int = 0,
+                 checkpoint: Path | None = None):
         super().__init__(message)
-        self.signum = signum
+        self.signum, self.kind, self.step, self.checkpoint = signum, kind, step, checkpoint
+        self.signame = signal.Signals(signum).name if signum in iter(signal.Signals) else f"signal {signum}"
 
 
 @contextlib.contextmanager
@@ -447,13 +451,13 @@ class Trainer(abc.ABC):
     def _stop_for_signal(self, signum: int, bar) -> None:
         """Write a resumable checkpoint of the current step, then raise ``Interrupted``."""
         bar.close()
-        name = signal.Signals(signum).name if signum in iter(signal.Signals) else str(signum)
+        name = signal.Signals(signum).name if signum in iter(signal.Signals) else f"signal {signum}"
         self._save()
         where = self.ckpts.path(self.step)
         self.log.line(f"{name} at step {self.step}: saved {where}; continue with --resume auto")
         self.log.close()
         raise Interrupted(f"stopped by {name} at step {self.step}; checkpoint {printable(str(where))} written, "
-                          "continue with --resume auto", signum)
+                          "continue with --resume auto", signum, kind=self.kind, step=self.step, checkpoint=where)
 
     def _one_step(self, batches, bar) -> bool:
         """One optimizer step, its logging, validation and checkpoint; True when the run has reached its end."""
