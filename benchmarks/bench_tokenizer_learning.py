@@ -51,7 +51,7 @@ def main() -> None:
                       "data_path": str(tmp / "data" / "train"), "val_data_path": str(tmp / "data" / "val"),
                       "global_batch_size": 16, "epochs": 1000, "lr": 1e-3, "warmup_steps": 100, "ema_decay": 0.999,
                       "time_budget_minutes": args.minutes, "perceptual_weight": 0.0, "disc_type": "none",
-                      "num_workers": 0, "val_every": 0, "val_max_images": 500, "log_every": 1000,
+                      "num_workers": 0, "val_every": 10 ** 9, "val_max_images": 500, "log_every": 1000,
                       "ckpt_every": 10 ** 9, "tensorboard": False, "rfid_features": "none"}
             opts, model = load_options(TokenizerTrainOptions, TOKENIZER_ACCEPTED_ONLY, None, values)
             trainer = TokenizerTrainer(opts, model, tmp / name.replace(" ", "_").replace("/", "-"), CPU,
