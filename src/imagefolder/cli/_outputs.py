@@ -55,6 +55,17 @@ def check_output(path: str | Path, overwrite: bool, *, kind: str = "file", optio
     return path
 
 
+def checkpoint_kind(folder: Path) -> str:
+    """'it holds a tokenizer' (etc.) when ``folder`` holds one of our checkpoints, else '' (for messages only)."""
+    if not (folder / "config.json").is_file():
+        return ""
+    from ..checkpoint import read_config
+    try:
+        return f"it holds a {read_config(folder).get('kind')}"
+    except Exception:  # noqa: BLE001 - only for the message
+        return ""
+
+
 def remove_outputs(folder: str | Path, names: Iterable[str]) -> None:
     """Delete the entries ``names`` of ``folder`` (files or folders) that an earlier run of the command wrote:
     what --overwrite replaces, so that no stale result of it stays beside the new ones. Other entries are kept."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._outputs import add_overwrite_option, check_kind, check_output
+from ._outputs import add_overwrite_option, check_kind, check_output, checkpoint_kind
 
 
 def add_parser(sub) -> None:
@@ -39,13 +39,7 @@ def _check_out(args) -> None:
     from ..loading import official_format, release_vqvae_path
     if not is_our_checkpoint(args.checkpoint):  # official -> our directory
         out = check_kind(args.out, "folder", purpose="our checkpoint (config.json, model.safetensors)")
-        holds = ""
-        if (out / "config.json").is_file():
-            try:
-                holds = f"it holds a {read_config(out).get('kind')}"
-            except Exception:  # noqa: BLE001 - only for the message
-                holds = ""
-        check_output(out, args.overwrite, kind="folder", holds=holds)
+        check_output(out, args.overwrite, kind="folder", holds=checkpoint_kind(out))
         return
     also = []
     cfg = read_config(args.checkpoint)

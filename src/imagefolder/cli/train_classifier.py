@@ -67,16 +67,9 @@ def run(args) -> int:
 
 
 def _check(args) -> None:
-    from ._outputs import check_kind, check_output
+    from ._outputs import check_kind, check_output, checkpoint_kind
     out = check_kind(args.out, "folder", purpose="the classifier")
-    holds = ""
-    if (out / "config.json").is_file():
-        try:
-            from ..checkpoint import read_config
-            holds = f"it holds a {read_config(out).get('kind')}"
-        except Exception:  # noqa: BLE001 - only for the message
-            holds = ""
-    check_output(out, args.overwrite, kind="folder", holds=holds)
+    check_output(out, args.overwrite, kind="folder", holds=checkpoint_kind(out))
     for name, low in (("epochs", 1), ("batch_size", 1), ("image_size", 8), ("workers", 0)):
         if getattr(args, name) < low:
             raise UsageError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(args, name)}")
