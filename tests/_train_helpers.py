@@ -44,3 +44,23 @@ def make_image_folder(root: Path, classes: int = 2, per_class: int = 6, size: in
 def yaml_text(values: dict) -> str:
     import yaml
     return yaml.safe_dump(values)
+
+
+def tiny_demo_recipes() -> dict:
+    """Test-sized overrides of ``imagefolder.demo.recipes`` (names -> values): 16 px, one-block models, a 4x4 grid,
+    13 pictures per class (more samples and validation images than the judge's 128 features, so FID is defined)."""
+    from imagefolder.demo import recipes
+    return {
+        "DATASET": {"size": 16, "train_per_class": 4, "val_per_class": 13},
+        "PROBE_TRAIN_PER_CLASS": 2,
+        "CLASSIFIER": {**recipes.CLASSIFIER, "batch_size": 20},
+        "TEACHER": {**recipes.TEACHER, "batch_size": 20},
+        "TOKENIZER": {**recipes.TOKENIZER, "encoder_ch_mult": [1, 1, 1], "decoder_ch_mult": [1, 1, 1],
+                      "num_res_blocks": 1, "num_latent_tokens": 16, "v_patch_nums": [1, 2, 4],
+                      "codebook_size": 16, "codebook_embed_dim": 4, "start_drop": 1, "global_batch_size": 8,
+                      "log_every": 1},
+        "GENERATOR": {**recipes.GENERATOR, "depth": 1, "embed_dim": 64, "num_heads": 2, "global_batch_size": 8,
+                      "log_every": 1},
+        "SAMPLING": {**recipes.SAMPLING, "per_class": 13},
+        "RECONSTRUCTION_ROWS": 3,
+    }

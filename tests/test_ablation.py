@@ -16,6 +16,8 @@ from imagefolder.ablation.rows import CPU_KEYS, PAPER_ROWS, changed_keys, cpu_to
 from imagefolder.cli import main
 from imagefolder.demo import recipes
 
+from _train_helpers import tiny_demo_recipes
+
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
@@ -83,23 +85,11 @@ def test_parse_rows():
             parse_rows(bad)
 
 
-# test-sized recipes (as tests/test_demo.py): 16 px, one-block models, a 4x4 grid (rows 1-2: scales 1,2,3,4,
-# rows 3+: 1,2,4), 13 validation pictures per class so that FID is defined
-TEST_RECIPES = {
-    "DATASET": {"size": 16, "train_per_class": 4, "val_per_class": 13},
-    "PROBE_TRAIN_PER_CLASS": 2,
-    "CLASSIFIER": {**recipes.CLASSIFIER, "batch_size": 20, "epochs": 1},
-    "TEACHER": {**recipes.TEACHER, "batch_size": 20, "epochs": 1},
-    "TOKENIZER": {**recipes.TOKENIZER, "encoder_ch_mult": [1, 1, 1], "decoder_ch_mult": [1, 1, 1],
-                  "num_res_blocks": 1, "num_latent_tokens": 16, "v_patch_nums": [1, 2, 4],
-                  "codebook_size": 16, "codebook_embed_dim": 4, "start_drop": 1, "global_batch_size": 8,
-                  "log_every": 1},
-    "GENERATOR": {**recipes.GENERATOR, "depth": 1, "embed_dim": 64, "num_heads": 2, "global_batch_size": 8,
-                  "log_every": 1},
-    "SAMPLING": {**recipes.SAMPLING, "per_class": 13},
-    "RECONSTRUCTION_ROWS": 3,
-    "PREFIX_IMAGES": 20,
-}
+# test-sized recipes (tests/_train_helpers.py; a 4x4 grid: rows 1-2 scales 1,2,3,4, rows 3+ 1,2,4), one classifier
+# epoch each
+_TINY = tiny_demo_recipes()
+TEST_RECIPES = {**_TINY, "CLASSIFIER": {**_TINY["CLASSIFIER"], "epochs": 1},
+                "TEACHER": {**_TINY["TEACHER"], "epochs": 1}, "PREFIX_IMAGES": 20}
 ARGS = ["ablate", "--rows", "1,6", "--tokenizer-steps", "2", "--generator-steps", "2", "--device", "cpu",
         "--no-progress"]
 

@@ -14,27 +14,14 @@ from imagefolder.demo import recipes
 from imagefolder.demo.plots import Curve, curves_figure
 from imagefolder.demo.training import StageClock
 
+from _train_helpers import tiny_demo_recipes
+
 REQUIRED = ("sample_class_accuracy", "reconstruction_class_accuracy", "domain_fid", "tokenizer_val_psnr",
             "codebook_usage_finest", "probe_acc_semantic_branch", "probe_acc_detail_branch", "wall_time_s")
 COMMON_FILES = ("samples.png", "reconstructions.png", "completions.png", "report.md", "metrics.json")
 
-# test-sized recipes: 16 px, one-block models, 13 pictures per class (more samples and val images than the
-# judge's 128 features, so FID is defined)
-TEST_RECIPES = {
-    "DATASET": {"size": 16, "train_per_class": 4, "val_per_class": 13},
-    "QUICK_DATASET": {"size": 16, "train_per_class": 4, "val_per_class": 13},
-    "PROBE_TRAIN_PER_CLASS": 2,
-    "CLASSIFIER": {**recipes.CLASSIFIER, "batch_size": 20},
-    "TEACHER": {**recipes.TEACHER, "batch_size": 20},
-    "TOKENIZER": {**recipes.TOKENIZER, "encoder_ch_mult": [1, 1, 1], "decoder_ch_mult": [1, 1, 1],
-                  "num_res_blocks": 1, "num_latent_tokens": 16, "v_patch_nums": [1, 2, 4],
-                  "codebook_size": 16, "codebook_embed_dim": 4, "start_drop": 1, "global_batch_size": 8,
-                  "log_every": 1},
-    "GENERATOR": {**recipes.GENERATOR, "depth": 1, "embed_dim": 64, "num_heads": 2, "global_batch_size": 8,
-                  "log_every": 1},
-    "SAMPLING": {**recipes.SAMPLING, "per_class": 13},
-    "RECONSTRUCTION_ROWS": 3,
-}
+_TINY = tiny_demo_recipes()
+TEST_RECIPES = {**_TINY, "QUICK_DATASET": _TINY["DATASET"]}
 STEPS = ["--classifier-epochs", "1", "--teacher-epochs", "2", "--tokenizer-steps", "2", "--generator-steps", "2"]
 REAL_RECIPES = {name: getattr(recipes, name) for name in TEST_RECIPES}
 
