@@ -105,13 +105,8 @@ def test_a_signal_saves_a_resumable_checkpoint_and_exits_cleanly(data, tmp_path,
                              str(out), "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env)
     try:
-        deadline = time.time() + 180
-        while time.time() < deadline:  # wait until it has made a few steps
-            rows = (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []
-            if len(rows) >= 2 or proc.poll() is not None:
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, proc.stderr.read()
+        metrics = out / "metrics.jsonl"  # wait until it has made a few steps
+        _wait_for(proc, lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2, seconds=180)
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=120)
     finally:
