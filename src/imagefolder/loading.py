@@ -16,7 +16,8 @@ from .models.generator import Generator
 from .models.tokenizer import Tokenizer
 from .official import (CheckpointError, generator_config_from_args, is_var_checkpoint, load_official_state_dict,
                        safe_torch_load, to_official_state_dict, tokenizer_config_from_checkpoint, tokenizer_weights)
-from . import var_release
+from . import hub, var_release
+from .releases import release_for_file
 
 TokenizerSpec = Tokenizer | TokenizerConfig | str | Path
 
@@ -49,7 +50,7 @@ def load_tokenizer(spec: TokenizerSpec, *, config: TokenizerConfig | None = None
         return Tokenizer(spec, pretrained_backbone=pretrained_backbone).eval()
     if _is_preset(spec, TOKENIZER_PRESETS):
         return Tokenizer(tokenizer_preset(spec), pretrained_backbone=pretrained_backbone).eval()
-    path = Path(spec)
+    path = Path(hub.resolve(spec))
     if ours.is_our_checkpoint(path):
         meta = ours.read_config(path)
         state = ours.read_weights(path)
@@ -64,7 +65,8 @@ def load_tokenizer(spec: TokenizerSpec, *, config: TokenizerConfig | None = None
         ours.load_state_strict(model, state, str(path))
         return model.eval()
     if not path.exists():
-        raise CheckpointError(f"no such checkpoint or preset: {spec!s} (presets: {', '.join(sorted(TOKENIZER_PRESETS))})")
+        raise CheckpointError(f"no such checkpoint or preset: {spec!s} (presets: {', '.join(sorted(TOKENIZER_PRESETS))})"
+                              f"{_release_hint(spec)}")
     ckpt = _not_training_state(safe_torch_load(path), path)
     if var_release.is_vqvae_state(ckpt):
         return _tokenizer_from_release(ckpt, str(path), config, v_patch_nums)
@@ -72,6 +74,11 @@ def load_tokenizer(spec: TokenizerSpec, *, config: TokenizerConfig | None = None
         raise CheckpointError(f"{path}: a VAR generator file (plain state dict), which holds no tokenizer; its "
                               "tokenizer is VAR's VQVAE file (vae_ch160v4096z32.pth)")
     return _tokenizer_from_official(ckpt, str(path), config)
+
+
+def _release_hint(spec: Any) -> str:
+    rel = release_for_file(str(spec))
+    return f"; the released {rel.filename} is fetched from the hub as {rel.name!r}" if rel is not None else ""
 
 
 def _tokenizer_from_release(state: Any, where: str, config: TokenizerConfig | None,
@@ -103,7 +110,7 @@ def _tokenizer_config(spec: TokenizerSpec) -> TokenizerConfig:
         return spec
     if _is_preset(spec, TOKENIZER_PRESETS):
         return tokenizer_preset(spec)
-    path = Path(spec)
+    path = Path(hub.resolve(spec))
     if ours.is_our_checkpoint(path):
         meta = ours.read_config(path)
         return ours.config_from(GeneratorConfig, meta, path).tokenizer if meta["kind"] == "generator" \
@@ -131,7 +138,9 @@ def load_generator(spec: str | Path, *, tokenizer: TokenizerSpec | None = None) 
             tok = load_tokenizer(tokenizer)
             cfg = generator_preset(spec, tokenizer=tok.config)
         return Generator(cfg, tok).eval()
-    path = Path(spec)
+    if tokenizer is None:
+        tokenizer = hub.companion_tokenizer(spec)   # a released VAR generator's VQVAE, by its short name
+    path = Path(hub.resolve(spec))
     if ours.is_our_checkpoint(path):
         meta = ours.read_config(path)
         if meta["kind"] != "generator":
@@ -143,7 +152,8 @@ def load_generator(spec: str | Path, *, tokenizer: TokenizerSpec | None = None) 
         ours.load_state_strict(model, ours.read_weights(path), str(path))
         return model.eval()
     if not path.exists():
-        raise CheckpointError(f"no such checkpoint or preset: {spec!s} (presets: {', '.join(sorted(GENERATOR_PRESETS))})")
+        raise CheckpointError(f"no such checkpoint or preset: {spec!s} (presets: {', '.join(sorted(GENERATOR_PRESETS))})"
+                              f"{_release_hint(spec)}")
     ckpt = _not_training_state(safe_torch_load(path), path)
     if var_release.is_generator_state(ckpt):
         return _generator_from_release(ckpt, str(path), tokenizer)
@@ -158,6 +168,7 @@ def _generator_from_release(state: Any, where: str, tokenizer: TokenizerSpec | N
         raise CheckpointError(f"{where}: a VAR generator file holds no tokenizer: give its VQVAE "
                               "(tokenizer= / --tokenizer vae_ch160v4096z32.pth)")
     patch_nums = var_release.generator_patch_nums(state, where)
+    tokenizer = hub.resolve(tokenizer)
     if isinstance(tokenizer, (str, Path)) and not _is_preset(tokenizer, TOKENIZER_PRESETS) \
             and Path(tokenizer).is_file():
         tok_ckpt = safe_torch_load(tokenizer)
@@ -279,7 +290,9 @@ def convert(src: str | Path, out: str | Path, *, tokenizer: TokenizerSpec | None
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
-    src = Path(src)
+    if tokenizer is None:
+        tokenizer = hub.companion_tokenizer(src)
+    src = Path(hub.resolve(src))
     if ours.is_our_checkpoint(src):
         kind = ours.read_config(src)["kind"]
         model = load_generator(src) if kind == "generator" else load_tokenizer(src)

@@ -18,7 +18,7 @@ from ..config import ConfigError
 from ..official import CheckpointError
 
 SUBCOMMANDS = ("demo", "ablate", "reconstruct", "sample", "complete", "convert", "make-dataset", "train-tokenizer",
-               "train-classifier", "evaluate", "probe", "train-generator", "pretokenize")
+               "train-classifier", "evaluate", "probe", "train-generator", "pretokenize", "export", "push")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, Interrupted):  # SIGTERM / SIGINT: a trainer saved a checkpoint; the message says what next
             print(f"imagefolder {args.command}: {one_line(e)}", file=sys.stderr)
             return 128 + e.signum
-        print(f"imagefolder {args.command}: error: {one_line(e)}", file=sys.stderr)
+        print(f"imagefolder {args.command}: error: {one_line(e, _option_holding(parser, args, e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # SIGINT, or SIGTERM inside stop_on_signals
         signum = getattr(e, "signum", signal.SIGINT)
@@ -130,9 +130,27 @@ def _expected_os_error(e: OSError) -> bool:
     return e.errno in _OS_ERRNOS or isinstance(e, expected_errors())
 
 
-def one_line(e: BaseException) -> str:
-    """The message of an expected error on one line; an OSError names its file and what to do about it."""
+def _option_holding(parser: argparse.ArgumentParser, args: argparse.Namespace, e: BaseException) -> str | None:
+    """For an error about a checkpoint spec (``spec`` attribute): the option the user gave it with, e.g.
+    '--generator' (or the positional's name), so the message can say where to pass a local copy instead."""
+    spec = getattr(e, "spec", None)
+    if spec is None:
+        return None
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    command = sub.choices.get(args.command) if sub is not None else None
+    for action in command._actions if command is not None else ():
+        if action.dest != "help" and str(getattr(args, action.dest, None)) == str(spec):
+            return action.option_strings[0] if action.option_strings else action.dest.upper()
+    return None
+
+
+def one_line(e: BaseException, option: str | None = None) -> str:
+    """The message of an expected error on one line; an OSError names its file and what to do about it; an
+    error about a hub checkpoint that cannot be fetched says which ``option`` takes the local copy."""
     from ..data.images import printable
+    from ..hub import HubUnavailableError
+    if isinstance(e, HubUnavailableError) and option is not None:
+        return " ".join(printable(e.for_option(option)).split())
     if isinstance(e, OSError) and e.strerror:  # raised by the system (ours carry a whole sentence instead)
         where = f"{e.filename}: " if e.filename else ""
         hint = {errno.ENOSPC: "; free some space (a training run continues with --resume auto)",

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..hub import SPEC_HELP
 from . import HelpFormatter, UsageError
 from ._outputs import add_overwrite_option, check_output
 from .reconstruct import _device
@@ -30,7 +31,7 @@ def add_parser(sub) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE",
                    help="picture files, or folders whose pictures are all taken (sorted by path)")
     p.add_argument("--generator", required=True, metavar="CKPT",
-                   help="official VAR .pt file, one of our generator directories, or a preset name")
+                   help="official VAR .pt file, one of our generator directories, or a preset name" + SPEC_HELP)
     p.add_argument("--tokenizer", metavar="SPEC", help=TOKENIZER_HELP)
     p.add_argument("--classes", required=True, metavar="LIST",
                    help="the class to complete each picture as: one id for all, or one per picture in order "

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
+from ..hub import SPEC_HELP
 from . import HelpFormatter, UsageError
 from ._outputs import add_overwrite_option, check_output
 
@@ -26,7 +27,7 @@ def add_parser(sub) -> None:
         description=__doc__.replace("``", ""), formatter_class=HelpFormatter)
     p.add_argument("--tokenizer", required=True, metavar="SPEC",
                    help="official tokenizer or VAR .pt file, one of our checkpoint directories, or a preset name "
-                        "(tiny, small, imagefolder-4096, ...; presets have random weights)")
+                        "(tiny, small, imagefolder-4096, ...; presets have random weights)" + SPEC_HELP)
     p.add_argument("--data", required=True, metavar="DIR", help="dataset folder with train/ and val/ class folders")
     p.add_argument("--pool", choices=POOLS, default="mean",
                    help="mean: average over the latent grid (Cb features per branch); flatten: every position "

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ..hub import SPEC_HELP
 from ..checkpoint import atomic_write
 from ..data import ImageError, ImageFiles, builtin_images, builtin_names, find_images, to_tensor
 from ..metrics import psnr, ssim
@@ -55,7 +56,7 @@ def add_parser(sub) -> None:
     p.add_argument("--tokenizer", required=True, metavar="CKPT",
                    help="official tokenizer or VAR .pt file, VAR's released VQVAE (vae_ch160v4096z32.pth; its "
                         "scales 1-16 at 256 px), one of our checkpoint directories, or a preset name (tiny, small, "
-                        "imagefolder-4096, var-vqvae, ...; presets have random weights)")
+                        "imagefolder-4096, var-vqvae, ...; presets have random weights)" + SPEC_HELP)
     source = p.add_mutually_exclusive_group()
     source.add_argument("--images", metavar="DIR",
                         help="folder of images, searched recursively (png, jpg, webp, ...), taken in sorted order")

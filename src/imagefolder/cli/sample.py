@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from ..hub import SPEC_HELP
 from . import HelpFormatter, UsageError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -38,7 +39,7 @@ GRID_MAX = 64
 TOKENIZER_HELP = ("the generator's tokenizer, when its file does not hold it: VAR's VQVAE (vae_ch160v4096z32.pth) "
                   "for VAR's released var_d16.pth ... var_d30.pth (required there), or, for official ImageFolder VAR "
                   "files whose args do not describe their tokenizer, a tokenizer checkpoint, directory or preset "
-                  "giving its shape")
+                  "giving its shape" + SPEC_HELP)
 
 
 def add_sampling_options(p) -> None:
@@ -63,7 +64,7 @@ def add_parser(sub) -> None:
     p.add_argument("--generator", required=True, metavar="CKPT",
                    help="official ImageFolder VAR .pt file, VAR's released var_d16.pth ... var_d30.pth (with "
                         "--tokenizer), one of our generator directories, or a preset name (d16, var-d16, tiny, ...; "
-                        "presets have random weights, initialised from --seed)")
+                        "presets have random weights, initialised from --seed)" + SPEC_HELP)
     p.add_argument("--tokenizer", metavar="SPEC", help=TOKENIZER_HELP)
     p.add_argument("--classes", metavar="LIST",
                    help="class ids in job order, e.g. '1,2,3' or '0-9,207' (give this or --all-classes)")

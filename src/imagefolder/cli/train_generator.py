@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..hub import SPEC_HELP
 from ._training import add_training_args, collect_overrides, run_training
 
 
@@ -23,12 +24,12 @@ def add_parser(sub) -> None:
                        "torchrun-ready, resumable)", description=__doc__.replace("``", ""),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_training_args(p, "generator training")
-    p.add_argument("--tokenizer", metavar="CKPT", help="the trained tokenizer (overrides the config's tokenizer)")
+    p.add_argument("--tokenizer", metavar="CKPT", help="the trained tokenizer (overrides the config's tokenizer)" + SPEC_HELP)
     p.add_argument("--var-ckpt", metavar="CKPT",
                    help="start from (fine-tune) this generator: VAR's release (var_d16.pth ... var_d30.pth, with "
                         "--tokenizer its VQVAE vae_ch160v4096z32.pth), an official ImageFolder VAR .pt, or one of our "
                         "generator directories (which carry their tokenizer: leave --tokenizer out). Its architecture "
-                        "and num_classes are kept; class folder i trains label i")
+                        "and num_classes are kept; class folder i trains label i" + SPEC_HELP)
     p.add_argument("--codes-cache", metavar="FILE", help="codes written by imagefolder pretokenize with the same "
                    "tokenizer (overrides the config's codes_cache; default: tokenize the images on the fly)")
     p.set_defaults(run=run, accepts_overrides=True)

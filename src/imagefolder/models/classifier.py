@@ -109,8 +109,10 @@ def save_classifier(model: DomainClassifier, class_names: Sequence[str], out_dir
 
 
 def load_classifier(path: str | Path) -> tuple[DomainClassifier, list[str]]:
-    """The classifier in ``path`` (in eval mode, on the CPU) and its class names."""
-    path = Path(path)
+    """The classifier in ``path`` (a folder, or a folder on the hub: ``hf://OWNER/REPO[/SUBFOLDER]``; in eval mode,
+    on the CPU) and its class names."""
+    from ..hub import resolve
+    path = Path(resolve(path))
     if not path.exists():
         raise FileNotFoundError(f"no such classifier: {path}")
     meta = read_config(path)
