@@ -7,7 +7,7 @@ What it answers, as the hub does (read from the client's ``file_download.py``, `
   with ``X-Linked-Size``) and ``Content-Length``. No Xet headers, so the client downloads over plain HTTP.
   Unknown repository / revision / file: 404 with ``X-Error-Code`` ``RepoNotFound`` / ``RevisionNotFound`` /
   ``EntryNotFound``, as the client maps them to its errors.
-* ``POST /api/repos/create``, ``POST /api/models/{repo}/preupload/{revision}`` (every file "regular", so commits
+* ``POST /api/repos/create``, ``POST /api/validate-yaml`` (a model card's metadata header), ``POST /api/models/{repo}/preupload/{revision}`` (every file "regular", so commits
   carry the content base64-encoded and no LFS/Xet upload is needed), ``POST /api/models/{repo}/commit/{revision}``
   (the client's ndjson: a header line, then one line per file): what ``HfApi.upload_folder`` needs.
 
@@ -22,6 +22,8 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
+
+import yaml
 
 LFS_SUFFIXES = (".pt", ".pth", ".safetensors", ".bin", ".ckpt")
 
@@ -57,6 +59,7 @@ class FakeHub:
         self.repos: dict[str, Repo] = {}
         self.requests: list[tuple[str, str]] = []
         self.wrong_bytes: dict[tuple[str, str], bytes] = {}
+        self.validated: list[str] = []   # model cards the client asked to validate
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -153,6 +156,16 @@ class _Handler(BaseHTTPRequestHandler):
                                                    "url": url}).encode())
             self.fake.repos[repo_id] = Repo()
             return self._send(200, json.dumps({"url": url}).encode())
+        if path == "/api/validate-yaml":  # the client checks a README.md's metadata header before committing it
+            content = json.loads(body)["content"]
+            header = content.split("---")[1] if content.startswith("---") else ""
+            try:
+                ok = isinstance(yaml.safe_load(header) or {}, dict)
+            except yaml.YAMLError:
+                ok = False
+            self.fake.validated.append(content)
+            return self._send(200 if ok else 400, json.dumps({"warnings": [], "errors": [] if ok else [
+                {"message": "invalid YAML metadata"}]}).encode())
         parts = path.split("/")  # ['', 'api', 'models', owner, name, action, revision...]
         if len(parts) >= 7 and parts[1] == "api" and parts[2] == "models":
             repo_id, action, revision = f"{parts[3]}/{parts[4]}", parts[5], unquote("/".join(parts[6:]))

@@ -188,6 +188,8 @@ def _download(ref: HubRef, filename: str, revision: str | None) -> Path:
         raise HubError(f"{ref.spec}: the hub answered HTTP {status} for {name}") from None
     except (ValueError, hub_errors.HFValidationError) as e:
         raise HubError(f"{ref.spec}: {_first_line(e)}") from None
+    except OSError as e:  # e.g. the client's size check after a broken download
+        raise HubError(f"{ref.spec}: downloading {name} failed ({_first_line(e)}); try again") from None
 
 
 def _url(ref: HubRef, filename: str, revision: str | None) -> str:
@@ -216,17 +218,25 @@ def verify(path: str | Path, expected_sha256: str | None, spec: str) -> str:
     sha256 = _VERIFIED.get(key)
     if sha256 is None:
         sha256, git_sha1 = file_hashes(blob, git=bool(_GIT_SHA1.fullmatch(etag)))
-        if _SHA256.fullmatch(etag) and etag != sha256:
-            raise IntegrityError(f"{spec}: the cached file {blob} does not match the hub's SHA-256 ({sha256} != "
-                                 f"{etag}); delete it and fetch it again")
-        if _GIT_SHA1.fullmatch(etag) and etag != git_sha1:
-            raise IntegrityError(f"{spec}: the cached file {blob} does not match the hub's git hash; delete it and "
-                                 "fetch it again")
+        bad = ("SHA-256" if _SHA256.fullmatch(etag) and etag != sha256 else
+               "git hash" if _GIT_SHA1.fullmatch(etag) and etag != git_sha1 else None)
+        if bad is not None:  # damaged in transit or on disk: wrong for every user of the cache, so remove it
+            _remove_cached(path)
+            raise IntegrityError(f"{spec}: the downloaded file does not match the hub's {bad} ({etag}); removed it "
+                                 f"from the cache ({path.name}): fetch it again")
         _VERIFIED[key] = sha256
     if expected_sha256 is not None and sha256 != expected_sha256.lower():
         raise IntegrityError(f"{spec}: refused: the file's SHA-256 is {sha256}, the release records "
                              f"{expected_sha256.lower()} (file {blob})")
     return sha256
+
+
+def _remove_cached(pointer: Path) -> None:
+    """Delete a cached file: its snapshot link and the blob entry it links to."""
+    blob_entry = (pointer.parent / os.readlink(pointer)) if pointer.is_symlink() else None
+    for p in (pointer, blob_entry):
+        if p is not None and (p.is_symlink() or p.exists()):
+            p.unlink()
 
 
 def file_hashes(path: str | Path, git: bool = False) -> tuple[str, str | None]:
