@@ -7,7 +7,8 @@ What it answers, as the hub does (read from the client's ``file_download.py``, `
   with ``X-Linked-Size``) and ``Content-Length``. No Xet headers, so the client downloads over plain HTTP.
   Unknown repository / revision / file: 404 with ``X-Error-Code`` ``RepoNotFound`` / ``RevisionNotFound`` /
   ``EntryNotFound``, as the client maps them to its errors.
-* ``POST /api/repos/create``, ``POST /api/validate-yaml`` (a model card's metadata header), ``POST /api/models/{repo}/preupload/{revision}`` (every file "regular", so commits
+* ``POST /api/repos/create``, ``POST /api/validate-yaml`` (a model card's metadata header),
+  ``POST /api/models/{repo}/preupload/{revision}`` (every file "regular", so commits
   carry the content base64-encoded and no LFS/Xet upload is needed), ``POST /api/models/{repo}/commit/{revision}``
   (the client's ndjson: a header line, then one line per file): what ``HfApi.upload_folder`` needs.
 
@@ -221,7 +222,8 @@ def use_hub(monkeypatch, endpoint: str | None, cache_dir, offline: bool = False)
     from huggingface_hub import constants
     if endpoint is not None:
         monkeypatch.setattr(constants, "ENDPOINT", endpoint)
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                            endpoint + "/{repo_id}/resolve/{revision}/{filename}")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache_dir))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)

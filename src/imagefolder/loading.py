@@ -65,8 +65,8 @@ def load_tokenizer(spec: TokenizerSpec, *, config: TokenizerConfig | None = None
         ours.load_state_strict(model, state, str(path))
         return model.eval()
     if not path.exists():
-        raise CheckpointError(f"no such checkpoint or preset: {spec!s} (presets: {', '.join(sorted(TOKENIZER_PRESETS))})"
-                              f"{_release_hint(spec)}")
+        raise CheckpointError(f"no such checkpoint or preset: {spec!s} (presets: "
+                              f"{', '.join(sorted(TOKENIZER_PRESETS))}){_release_hint(spec)}")
     ckpt = _not_training_state(safe_torch_load(path), path)
     if var_release.is_vqvae_state(ckpt):
         return _tokenizer_from_release(ckpt, str(path), config, v_patch_nums)
@@ -152,8 +152,8 @@ def load_generator(spec: str | Path, *, tokenizer: TokenizerSpec | None = None) 
         ours.load_state_strict(model, ours.read_weights(path), str(path))
         return model.eval()
     if not path.exists():
-        raise CheckpointError(f"no such checkpoint or preset: {spec!s} (presets: {', '.join(sorted(GENERATOR_PRESETS))})"
-                              f"{_release_hint(spec)}")
+        raise CheckpointError(f"no such checkpoint or preset: {spec!s} (presets: "
+                              f"{', '.join(sorted(GENERATOR_PRESETS))}){_release_hint(spec)}")
     ckpt = _not_training_state(safe_torch_load(path), path)
     if var_release.is_generator_state(ckpt):
         return _generator_from_release(ckpt, str(path), tokenizer)

@@ -53,9 +53,9 @@ def add_parser(sub) -> None:
     p.add_argument("--recon-of", metavar="ORIGINALS",
                    help="SAMPLES are reconstructions of these images (folder or .npz): adds PSNR / SSIM, and FID "
                         "against them is the rFID (not with --ref)")
-    p.add_argument("--classifier", metavar="DIR", help="domain classifier (imagefolder train-classifier) for "
-                                                       "domain FID / IS / precision-recall / class accuracy; also a folder on the Hugging Face hub: "
-                                                       "hf://OWNER/REPO[/FOLDER]")
+    p.add_argument("--classifier", metavar="DIR",
+                   help="domain classifier (imagefolder train-classifier) for domain FID / IS / precision-recall / "
+                        "class accuracy; also a folder on the Hugging Face hub: hf://OWNER/REPO[/FOLDER]")
     p.add_argument("--inception", action=argparse.BooleanOptionalAction, default=True,
                    help="Inception-v3 metrics (FID, IS, precision/recall)")
     p.add_argument("--inception-weights", metavar="PATH",

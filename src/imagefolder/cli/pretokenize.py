@@ -20,7 +20,8 @@ def add_parser(sub) -> None:
                        description=__doc__.replace("``", ""),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokenizer", required=True, metavar="CKPT",
-                   help="the trained tokenizer: one of our checkpoint directories or an official tokenizer .pt" + SPEC_HELP)
+                   help="the trained tokenizer: one of our checkpoint directories or an official tokenizer .pt"
+                   + SPEC_HELP)
     p.add_argument("--data", required=True, metavar="DIR", help="training images (ImageFolder layout)")
     p.add_argument("--out", required=True, metavar="FILE", help="the cache to write (e.g. codes.safetensors)")
     add_overwrite_option(p, "an existing --out cache")

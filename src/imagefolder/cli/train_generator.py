@@ -24,7 +24,8 @@ def add_parser(sub) -> None:
                        "torchrun-ready, resumable)", description=__doc__.replace("``", ""),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_training_args(p, "generator training")
-    p.add_argument("--tokenizer", metavar="CKPT", help="the trained tokenizer (overrides the config's tokenizer)" + SPEC_HELP)
+    p.add_argument("--tokenizer", metavar="CKPT",
+                   help="the trained tokenizer (overrides the config's tokenizer)" + SPEC_HELP)
     p.add_argument("--var-ckpt", metavar="CKPT",
                    help="start from (fine-tune) this generator: VAR's release (var_d16.pth ... var_d30.pth, with "
                         "--tokenizer its VQVAE vae_ch160v4096z32.pth), an official ImageFolder VAR .pt, or one of our "
