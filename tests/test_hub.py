@@ -214,3 +214,19 @@ def test_cli_missing_file_on_the_hub_is_one_line(fake_hub, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err == (f"imagefolder sample: error: hf://{REPO}/imagenet-var-4096.pt: the hub repository "
                                f"{REPO} has no file imagenet-var-4096.pt")
+
+
+def test_cli_export_refuses_a_used_out_and_push_prints_the_commit(fake_hub, tmp_path, capsys, tiny_tokenizer):
+    from imagefolder.cli import main
+    out = tmp_path / "pub"
+    assert main(["export", f"hf://{REPO}/imagenet-4096.pt", "--out", str(out), "--command", "made by hand"]) == 0
+    assert main(["export", str(TINY_TOK), "--out", str(out)]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert main(["push", str(out), "--repo", "me/cli-tok", "--message", "first"]) == 0
+    printed = capsys.readouterr().out
+    oid = fake_hub.repos["me/cli-tok"].refs["main"]
+    assert f"hf://me/cli-tok@{oid}" in printed
+    assert _same_weights(imf.load_tokenizer(f"hf://me/cli-tok@{oid}"), tiny_tokenizer)
+    (out / "README.md").unlink()
+    assert main(["push", str(out), "--repo", "me/cli-tok"]) == 2
+    assert "no README.md" in capsys.readouterr().err

@@ -98,7 +98,7 @@ def parse(spec: str | Path) -> HubRef:
             raise HubError(f"{text}: not a released checkpoint name (known: {', '.join(sorted(RELEASES))})")
         return HubRef(text, rel.repo_id, rel.filename, rel.revision, "model", rel.sha256, rel)
     body = text[len(PREFIX):]
-    head, _, tail = body.partition("/")
+    tail = body.partition("/")[2]
     name = tail.split("/", 1)[0]
     revision = None
     if "@" in name:   # the client's form: hf://OWNER/REPO@REVISION/PATH
@@ -172,7 +172,8 @@ def _download(ref: HubRef, filename: str, revision: str | None) -> Path:
     except hub_errors.LocalEntryNotFoundError:
         offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
         what = (f"download {filename} from {ref.repo_id} ({_url(ref, filename, revision)}) by hand" if ref.is_file
-                else f"download {' and '.join(FOLDER_FILES)} of {ref.repo_id}/{ref.path} into one folder by hand")
+                else f"download {' and '.join(FOLDER_FILES)} of {'/'.join(filter(None, (ref.repo_id, ref.path)))} "
+                     "into one folder by hand")
         raise HubUnavailableError(ref.spec, f"{ref.spec}: no cached copy in {constants.HF_HUB_CACHE} and the hub "
                                   f"cannot be reached{offline}; {what}") from None
     except hub_errors.RemoteEntryNotFoundError:
