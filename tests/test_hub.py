@@ -230,3 +230,17 @@ def test_cli_export_refuses_a_used_out_and_push_prints_the_commit(fake_hub, tmp_
     (out / "README.md").unlink()
     assert main(["push", str(out), "--repo", "me/cli-tok"]) == 2
     assert "no README.md" in capsys.readouterr().err
+
+
+def test_a_checked_file_is_hashed_once(fake_hub, tmp_path, monkeypatch):
+    spec = f"hf://{REPO}/imagenet-4096.pt"
+    local = hub.resolve(spec)
+    memo = (tmp_path / "hf-cache" / hub.MEMO_NAME).read_text()
+    assert _sha256(TINY_TOK) in memo
+    calls = []
+    real = hub.file_hashes
+    monkeypatch.setattr(hub, "file_hashes", lambda *a, **k: calls.append(a) or real(*a, **k))
+    assert hub.resolve(spec) == local and calls == []               # remembered: not hashed again
+    blob = Path(os.path.realpath(local))
+    os.utime(blob, ns=(blob.stat().st_atime_ns, blob.stat().st_mtime_ns + 1))  # the file changed (as far as we know)
+    assert hub.resolve(spec) == local and len(calls) == 1

@@ -12,12 +12,14 @@ Spec forms, accepted wherever a checkpoint is (``resolve`` turns them into local
 
 Integrity: the client checks the size; we check the content. A file the hub stores in LFS is cached under its
 etag, which is its SHA-256, and a small git file under its git blob hash: the cached file must hash to that name.
-A short name's recorded ``sha256``, when known, must match too. Pickles fetched this way are still opened only by
+A short name's recorded ``sha256``, when known, must match too. A checked file is remembered (path, size,
+modification time) in ``.imagefolder-verified.json`` in the hub cache, so gigabytes are hashed once. Pickles fetched this way are still opened only by
 ``official.safe_torch_load`` (``weights_only=True`` and the allowlist).
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -204,7 +206,40 @@ def _first_line(e: BaseException) -> str:
 
 
 # integrity --------------------------------------------------------------------------------------------------------
-_VERIFIED: dict[tuple[str, int, int], str] = {}   # (blob path, size, mtime_ns) -> sha256, for this process
+MEMO_NAME = ".imagefolder-verified.json"   # in the hub cache: blob path -> [size, mtime_ns, sha256] already checked
+
+
+def _memo_file() -> Path:
+    from huggingface_hub import constants
+    return Path(constants.HF_HUB_CACHE) / MEMO_NAME
+
+
+def _memo_read() -> dict[str, list]:
+    try:
+        memo = json.loads(_memo_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    return memo if isinstance(memo, dict) else {}
+
+
+def _memo_sha256(blob: Path, st: os.stat_result) -> str | None:
+    """The SHA-256 found for this very file (same path, size and modification time) by an earlier check."""
+    entry = _memo_read().get(str(blob))
+    if isinstance(entry, list) and len(entry) == 3 and entry[:2] == [st.st_size, st.st_mtime_ns]:
+        return str(entry[2])
+    return None
+
+
+def _memo_remember(blob: Path, st: os.stat_result, sha256: str) -> None:
+    """Remember a checked file, so the next process does not hash gigabytes again (best effort: a read-only
+    cache just means hashing again)."""
+    from .checkpoint import atomic_write
+    memo = {k: v for k, v in _memo_read().items() if Path(k).exists()}
+    memo[str(blob)] = [st.st_size, st.st_mtime_ns, sha256]
+    try:
+        atomic_write(_memo_file(), lambda tmp: Path(tmp).write_text(json.dumps(memo, indent=0)))
+    except OSError:
+        pass
 
 
 def verify(path: str | Path, expected_sha256: str | None, spec: str) -> str:
@@ -215,8 +250,7 @@ def verify(path: str | Path, expected_sha256: str | None, spec: str) -> str:
     etag = Path(os.readlink(path)).name if path.is_symlink() else ""
     blob = Path(os.path.realpath(path))
     st = blob.stat()
-    key = (str(blob), st.st_size, st.st_mtime_ns)
-    sha256 = _VERIFIED.get(key)
+    sha256 = _memo_sha256(blob, st)
     if sha256 is None:
         sha256, git_sha1 = file_hashes(blob, git=bool(_GIT_SHA1.fullmatch(etag)))
         bad = ("SHA-256" if _SHA256.fullmatch(etag) and etag != sha256 else
@@ -225,7 +259,7 @@ def verify(path: str | Path, expected_sha256: str | None, spec: str) -> str:
             _remove_cached(path)
             raise IntegrityError(f"{spec}: the downloaded file does not match the hub's {bad} ({etag}); removed it "
                                  f"from the cache ({path.name}): fetch it again")
-        _VERIFIED[key] = sha256
+        _memo_remember(blob, st, sha256)
     if expected_sha256 is not None and sha256 != expected_sha256.lower():
         raise IntegrityError(f"{spec}: refused: the file's SHA-256 is {sha256}, the release records "
                              f"{expected_sha256.lower()} (file {blob})")
