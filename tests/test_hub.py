@@ -184,7 +184,7 @@ def test_export_push_and_load_our_format_from_the_hub(fake_hub, tmp_path, tiny_t
 def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", **env}
     return subprocess.run([sys.executable, "-m", "imagefolder", *args], env=full_env, cwd=cwd, text=True,
-                          capture_output=True, timeout=120)
+                          capture_output=True, timeout=600)
 
 
 def test_cli_exports_from_the_hub_then_reads_the_cache_offline_and_fails_in_one_line(tmp_path):
@@ -244,3 +244,13 @@ def test_a_checked_file_is_hashed_once(fake_hub, tmp_path, monkeypatch):
     blob = Path(os.path.realpath(local))
     os.utime(blob, ns=(blob.stat().st_atime_ns, blob.stat().st_mtime_ns + 1))  # the file changed (as far as we know)
     assert hub.resolve(spec) == local and len(calls) == 1
+
+
+def test_metrics_reports_for_the_card(tmp_path):
+    report = tmp_path / "fid.json"
+    report.write_text('{"mode": "samples", "samples": {"count": 500}, "inception": {"fid": 2.6, "is_mean": 290.5, '
+                      '"weights": "x"}, "notes": []}')
+    assert publish.read_metrics(report) == ({"samples.count": 500.0, "inception.fid": 2.6,
+                                             "inception.is_mean": 290.5}, None)
+    report.write_text('{"command": "imagefolder demo", "metrics": {"psnr": 22.3, "ok": true}}')
+    assert publish.read_metrics(report) == ({"psnr": 22.3}, "imagefolder demo")

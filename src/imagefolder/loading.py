@@ -38,7 +38,9 @@ def load_tokenizer(spec: TokenizerSpec, *, config: TokenizerConfig | None = None
     """A tokenizer in eval mode from a preset name (random init, or DINOv2-initialised with
     ``pretrained_backbone``), one of our checkpoint directories, an official tokenizer checkpoint (EMA weights
     first), an official ImageFolder VAR checkpoint (its ``trainer.vae_local``) or VAR's released VQVAE
-    (``vae_ch160v4096z32.pth``, a plain state dict).
+    (``vae_ch160v4096z32.pth``, a plain state dict). Any of these files or folders may also be on the Hugging Face
+    hub: a released short name (``imagenet-4096``, ``var-imagenet-vqvae``: ``releases.RELEASES``),
+    ``hf://OWNER/REPO/FILE[@REVISION]`` or ``hf://OWNER/REPO[/FOLDER]`` (``hub.py``: the hub client's cache).
 
     ``config`` overrides the configuration read from an official checkpoint's args (needed only for models whose
     args do not describe their shape, such as the reference test checkpoints inside a VAR file).
@@ -124,7 +126,9 @@ def _tokenizer_config(spec: TokenizerSpec) -> TokenizerConfig:
 def load_generator(spec: str | Path, *, tokenizer: TokenizerSpec | None = None) -> Generator:
     """A generator (with its tokenizer as ``.tokenizer``) in eval mode from a preset name (random init), one of
     our checkpoint directories, an official ImageFolder VAR checkpoint (``trainer.var_wo_ddp`` +
-    ``trainer.vae_local``) or one of VAR's released generators (``var_d16.pth`` ... ``var_d30.pth``).
+    ``trainer.vae_local``) or one of VAR's released generators (``var_d16.pth`` ... ``var_d30.pth``); each also
+    from the hub (a short name such as ``imagenet-var-4096`` or ``var-imagenet-d16``, which brings its VQVAE, or
+    an ``hf://`` spec; see ``load_tokenizer``).
 
     ``tokenizer``: for a preset, the tokenizer to use (a Tokenizer, config, preset name or checkpoint); for VAR's
     release, required: its VQVAE (``vae_ch160v4096z32.pth``, read with the generator's scales) or a Tokenizer; for

@@ -21,8 +21,9 @@ REPO_PLACEHOLDER = "OWNER/NAME"
 
 
 def read_metrics(path: str | Path) -> tuple[dict[str, float], str | None]:
-    """Numbers and the command from a JSON report: ``{"metrics": {...}, "command": "..."}`` (what ``demo``,
-    ``ablate`` and ``evaluate`` write) or a flat ``{name: number}``. Non-numeric entries are left out."""
+    """Numbers and the command from a JSON report: ``{"metrics": {...}, "command": "..."}`` (what ``demo`` and
+    ``ablate`` write), ``evaluate``'s report (blocks such as ``{"inception": {"fid": ...}}`` become
+    ``inception.fid``) or a flat ``{name: number}``. Non-numeric entries are left out."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -31,8 +32,13 @@ def read_metrics(path: str | Path) -> tuple[dict[str, float], str | None]:
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: a JSON report is an object of metric names to numbers")
     block = data.get("metrics", data)
-    block = block if isinstance(block, dict) else {}
-    metrics = {str(k): float(v) for k, v in block.items()
+    flat: dict[str, Any] = {}
+    for k, v in (block.items() if isinstance(block, dict) else ()):
+        if isinstance(v, dict):
+            flat.update({f"{k}.{k2}": v2 for k2, v2 in v.items()})
+        else:
+            flat[str(k)] = v
+    metrics = {k: float(v) for k, v in flat.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
     command = data.get("command")
     return metrics, (str(command) if command else None)
