@@ -19,6 +19,16 @@ def test_atomic_write_gives_the_permissions_of_a_plain_open(tmp_path):
     assert _mode(tmp_path / "atomic.txt") == _mode(plain)
 
 
+def test_a_writer_that_recreates_the_file_gets_the_same_permissions(tmp_path):
+    """safetensors' save_file replaces the temporary with a new 0600 file; the result must still be readable."""
+    import torch
+    from safetensors.torch import save_file
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    atomic_write(tmp_path / "model.safetensors", lambda tmp: save_file({"w": torch.zeros(2)}, tmp))
+    assert _mode(tmp_path / "model.safetensors") == _mode(plain)
+
+
 def test_atomic_write_follows_the_umask(tmp_path):
     old = os.umask(0o077)
     try:
