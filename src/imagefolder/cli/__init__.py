@@ -17,7 +17,7 @@ import threading
 from ..config import ConfigError
 from ..official import CheckpointError
 
-SUBCOMMANDS = ("demo", "ablate", "reconstruct", "sample", "complete", "convert", "make-dataset", "train-tokenizer",
+SUBCOMMANDS = ("demo", "ablate", "reconstruct", "sample", "complete", "serve", "convert", "make-dataset", "train-tokenizer",
                "train-classifier", "evaluate", "probe", "train-generator", "pretokenize")
 
 
