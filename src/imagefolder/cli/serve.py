@@ -57,12 +57,12 @@ def run(args) -> int:
     from ..serve.logic import InputError, Limits, load_served_model
     from .reconstruct import _device
 
-    require_gradio()
     for name, value in (("max_images", args.max_images), ("max_side", args.max_side), ("port", args.port)):
         if value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     if not args.max_upload_mb > 0:
         raise UsageError(f"--max-upload-mb must be above 0, got {args.max_upload_mb}")
+    require_gradio()
     try:
         model = load_served_model(args.generator, tokenizer=args.tokenizer, names_file=args.class_names,
                                   device=_device(args.device), limits=Limits(args.max_images, args.max_side))
