@@ -62,9 +62,10 @@ def build_app(model: ServeModel) -> gr.Blocks:
                     seed = gr.Number(value=d.seed, precision=0, label="seed (image i uses the stream (seed, i))")
                     go = gr.Button("Sample", variant="primary", elem_id="sample-button")
                 with gr.Column(scale=2):
-                    grid = gr.Gallery(label="samples", columns=4, elem_id="samples", allow_preview=False)
+                    grid = gr.Gallery(label="samples", columns=4, elem_id="samples", allow_preview=False,
+                                      height=440)
                     steps = gr.Gallery(label="the first sample after each scale", columns=model.scales,
-                                       elem_id="progression", allow_preview=False)
+                                       elem_id="progression", allow_preview=False, height=200)
 
             @_page_errors
             def sample(lab, n, s, *values):
@@ -79,7 +80,8 @@ def build_app(model: ServeModel) -> gr.Blocks:
                                             brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed"),
                                             transforms=(), layers=False, label="picture: paint the region to redraw",
                                             elem_id="editor")
-                    examples = gr.Gallery(model.example_pictures(), label="or pick a picture", columns=4,
+                    pictures = model.example_pictures()
+                    examples = gr.Gallery(pictures, label="or pick a picture", columns=4,
                                           allow_preview=False, height=120, elem_id="edit-examples")
                 with gr.Column(scale=1):
                     edit_label = gr.Dropdown(model.choices(), value=0, label="class of the redrawn region")
@@ -88,11 +90,11 @@ def build_app(model: ServeModel) -> gr.Blocks:
                                          label="number of edits")
                     edit_seed = gr.Number(value=d.seed, precision=0, label="seed")
                     edit_go = gr.Button("Edit", variant="primary", elem_id="edit-button")
-            edited = gr.Gallery(label="picture, reconstruction, kept region, edits", columns=4, elem_id="edits",
-                                allow_preview=False)
+            edited = gr.Gallery(label="picture, reconstruction, kept region, edits", columns=7, elem_id="edits",
+                                allow_preview=False, height=240)
 
             def pick(evt: gr.SelectData):
-                picture = model.example_pictures()[evt.index]
+                picture = pictures[evt.index]
                 return {"background": picture, "layers": [], "composite": picture}
 
             @_page_errors
@@ -102,7 +104,7 @@ def build_app(model: ServeModel) -> gr.Blocks:
                     gr.Info("nothing painted: every position keeps the picture (paint the region to redraw)")
                 return model.edit(picture, painted, lab, n, settings(s, *values), keep_painted=bool(keep))
 
-            examples.select(pick, None, editor)
+            examples.select(pick, None, editor, queue=False)  # no model: does not wait for the model's turn
             edit_go.click(edit, [editor, edit_label, edit_num, keep_painted, edit_seed, *options], edited,
                           concurrency_id=SLOT)
 
@@ -114,7 +116,7 @@ def build_app(model: ServeModel) -> gr.Blocks:
                     recon_go = gr.Button("Reconstruct", variant="primary", elem_id="recon-button")
                 with gr.Column(scale=2):
                     recon = gr.Gallery(label="the picture, then its reconstruction after each scale", columns=4,
-                                       elem_id="reconstructions", allow_preview=False)
+                                       elem_id="reconstructions", allow_preview=False, height=440)
 
             @_page_errors
             def reconstruct(path):
