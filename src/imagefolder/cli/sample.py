@@ -145,6 +145,7 @@ def _check(args) -> None:
 
 
 SETTINGS = "sample.json"        # OUT/sample.json: what the samples in OUT were made with
+_RECORDED_WHEN_SET = {"temperature": 1.0}  # options newer than sample.json: their defaults when not recorded
 _SAMPLE_NAME = re.compile(r"^\d{6}_class\d{4}\.png$")
 
 
@@ -154,8 +155,9 @@ def sample_settings(gen, args) -> dict:
     settings = {"generator": str(args.generator), "generator_fingerprint": tokenizer_fingerprint(gen),
                 "seed": args.seed, "cfg": args.cfg, "cfg_schedule": args.cfg_schedule, "top_k": args.top_k,
                 "top_p": args.top_p, "joint_sample": bool(args.joint_sample), "dtype": args.dtype}
-    if args.temperature != 1.0:  # recorded only when set, so folders from before the option still match
-        settings["temperature"] = args.temperature
+    for key, default in _RECORDED_WHEN_SET.items():  # only when set, so folders from before the option still match
+        if getattr(args, key) != default:
+            settings[key] = getattr(args, key)
     return settings
 
 
@@ -177,13 +179,18 @@ def prepare_sample_folder(out: Path, settings: dict, overwrite: bool, is_main: b
             recorded = json.loads((out / SETTINGS).read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
             recorded = {"unreadable": True}
+    def value(record: dict, key: str):  # settings recorded only when set (temperature) are at their default
+        return record.get(key, _RECORDED_WHEN_SET.get(key))
+
     differ = []
     if recorded is not None:
-        differ = [k for k in settings if recorded.get(k) != settings[k] and k != "generator"]
+        keys = [*settings, *(k for k in _RECORDED_WHEN_SET if k not in settings)]
+        differ = [k for k in keys if k != "generator" and value(recorded, k) != value(settings, k)]
     elif earlier:
         differ = ["unknown (no " + SETTINGS + ")"]
     if differ and not overwrite:
-        what = ", ".join(f"{k} {recorded.get(k)!r} -> {settings[k]!r}" if recorded and k in recorded else k
+        what = ", ".join(f"{k} {value(recorded, k)!r} -> {value(settings, k)!r}"
+                         if recorded and (k in recorded or k in _RECORDED_WHEN_SET) else k
                          for k in differ if k != "generator_fingerprint")
         if "generator_fingerprint" in differ:
             what = ("the generator's weights" + (f", {what}" if what else ""))

@@ -68,11 +68,10 @@ def run(args) -> int:
                                   device=_device(args.device), limits=Limits(args.max_images, args.max_side))
     except InputError as e:
         raise UsageError(str(e)) from None
-    from ..serve.app import build_app
+    from ..serve.app import build_app, launch
     app = build_app(model)
     if args.host not in LOCAL_HOSTS:
         print(f"note: --host {args.host} lets other computers reach the page")
     print(f"serving {model.source} on http://{args.host}:{args.port} (Ctrl-C stops)")
-    app.launch(server_name=args.host, server_port=args.port, max_file_size=f"{args.max_upload_mb}mb",
-               show_error=True, quiet=True, ssr_mode=False)
+    launch(app, args.host, args.port, args.max_upload_mb)
     return 0

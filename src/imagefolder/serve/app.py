@@ -125,3 +125,10 @@ def build_app(model: ServeModel) -> gr.Blocks:
             recon_go.click(reconstruct, upload, recon, concurrency_id=SLOT)
     app.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
     return app
+
+
+def launch(app: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, max_upload_mb: float = 20.0,
+           block: bool = True) -> None:
+    """Serve ``app`` on host:port (uploads up to ``max_upload_mb``); ``block=False`` returns once it listens."""
+    app.launch(server_name=host, server_port=port, max_file_size=int(max_upload_mb * 2**20), show_error=True,
+               quiet=True, ssr_mode=False, prevent_thread_lock=not block)
