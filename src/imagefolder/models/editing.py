@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-Codes = list[list[torch.Tensor]]
+from .tokenizer import Codes
 
 KEEP_THRESHOLD = 0.5  # a position is kept when at least this share of its cell is kept
 
