@@ -56,6 +56,7 @@ def test_all_scales_kept_reproduces_the_reconstruction_and_fewer_do_not(setup, t
     (["--classes", "1", "--keep-scales", "5"], "--keep-scales must be in 0..4"),
     (["--classes", "99"], "outside"),
     (["--classes", "1", "--num", "0"], "at least 1"),
+    (["--classes", "1", "--temperature", "0"], "--temperature must be a finite number > 0"),
 ])
 def test_option_errors_are_one_line(setup, tmp_path, capsys, extra, words):
     gen_dir, pics = setup
@@ -74,3 +75,33 @@ def test_bad_pictures_are_one_line_errors(setup, tmp_path, capsys):
                    "--out", str(tmp_path / "x.png")])
         err = capsys.readouterr().err
         assert rc == 2 and err.count("\n") == 1 and words in err
+
+
+def test_mask_keeps_the_white_region(setup, tmp_path, capsys):
+    gen_dir, pics = setup
+    args = ["complete", str(pics), "--generator", str(gen_dir), "--classes", "2", "--num", "2", "--top-k", "16",
+            "--no-progress"]
+    for name, value in (("white", 255), ("black", 0)):
+        Image.new("L", (72, 80), value).save(tmp_path / f"{name}.png")
+        assert main([*args, "--mask", str(tmp_path / f"{name}.png"), "--out", str(tmp_path / f"{name}-out.png")]) == 0
+    assert "from their first 0 of 4 scales and the region of" in capsys.readouterr().out
+    white = _cells(tmp_path / "white-out.png", rows=3, cols=4)
+    for j in (2, 3):
+        assert np.array_equal(white[:, j], white[:, 1])  # all kept: the reconstruction
+    assert main([*args, "--keep-scales", "0", "--out", str(tmp_path / "free.png")]) == 0
+    black = _cells(tmp_path / "black-out.png", rows=3, cols=4)
+    assert np.array_equal(black, _cells(tmp_path / "free.png", rows=3, cols=4))  # nothing kept: plain samples
+    assert not np.array_equal(black[:, 2], white[:, 2])
+
+
+def test_bad_masks_are_one_line_errors(setup, tmp_path, capsys):
+    gen_dir, pics = setup
+    Image.new("L", (64, 64), 255).save(tmp_path / "small.png")
+    (tmp_path / "junk.png").write_bytes(b"not a png")
+    for mask, words in (("small.png", "is 64x64 but picture"), ("junk.png", "cannot read image"),
+                        ("missing.png", "no such file")):
+        rc = main(["complete", str(pics), "--generator", str(gen_dir), "--classes", "1", "--mask",
+                   str(tmp_path / mask), "--out", str(tmp_path / "x.png")])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("\n") == 1 and words in err
+    assert not (tmp_path / "x.png").exists()

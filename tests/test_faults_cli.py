@@ -166,7 +166,8 @@ def test_sample_records_its_settings_and_refuses_or_regenerates_when_they_differ
     assert _sample(gen_dir, out, "--npz") == 0  # the same settings: nothing to do
     assert "generated 0" in capsys.readouterr().out
     for extra, named in ((["--seed", 1], "seed 0 -> 1"), (["--cfg", 1.5], "cfg 3.25 -> 1.5"),
-                         (["--top-p", 0.5], "top_p 0.95 -> 0.5"), (["--joint-sample"], "joint_sample")):
+                         (["--top-p", 0.5], "top_p 0.95 -> 0.5"), (["--joint-sample"], "joint_sample"),
+                         (["--temperature", 0.5], "temperature 1.0 -> 0.5")):
         assert _sample(gen_dir, out, *extra) == 2
         line = _one_line(capsys)
         assert named in line and "--overwrite" in line
@@ -185,6 +186,16 @@ def test_sample_records_its_settings_and_refuses_or_regenerates_when_they_differ
     (out / "sample.json").unlink()
     assert _sample(gen_dir, out, "--seed", 1) == 2
     assert "no sample.json" in _one_line(capsys)
+
+
+def test_a_temperature_recorded_only_when_set_still_counts(gen_dir, tmp_path, capsys):
+    out = tmp_path / "s"
+    assert _sample(gen_dir, out, "--temperature", 0.5) == 0
+    assert json.loads((out / "sample.json").read_text())["temperature"] == 0.5
+    capsys.readouterr()  # the progress bar
+    assert _sample(gen_dir, out) == 2  # the default 1.0 is not what the samples were made with
+    assert "temperature 0.5 -> 1.0" in _one_line(capsys)
+    assert _sample(gen_dir, out, "--temperature", 0.5) == 0
 
 
 @pytest.mark.parametrize("option, value", [("--cfg", "nan"), ("--cfg", "inf"), ("--cfg", "-1"), ("--top-p", "nan"),

@@ -64,6 +64,9 @@ def test_cli_end_to_end_then_sample(env, tmp_path):
     gen = imf.load_generator(out / "last")
     assert gen.config.depth == 1 and gen.num_classes == 10 and gen.tokenizer.config == imf.load_tokenizer(
         env / "tok").config
+    from imagefolder.data.folder import find_classes  # the names serve shows, in class id order
+    recorded = json.loads((out / "last" / "config.json").read_text())["class_names"]
+    assert recorded == find_classes(env / "data" / "train")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     val = [r for r in rows if r["split"] == "val"]
     assert len(val) == 2 and {"loss", "acc", "acc_s0", "acc_s3"} <= set(val[-1])

@@ -17,8 +17,9 @@ import threading
 from ..config import ConfigError
 from ..official import CheckpointError
 
-SUBCOMMANDS = ("demo", "ablate", "reconstruct", "sample", "complete", "convert", "make-dataset", "train-tokenizer",
-               "train-classifier", "evaluate", "probe", "train-generator", "pretokenize", "export", "push")
+SUBCOMMANDS = ("demo", "ablate", "reconstruct", "sample", "complete", "serve", "convert", "make-dataset",
+               "train-tokenizer", "train-classifier", "evaluate", "probe", "train-generator", "pretokenize", "export",
+               "push")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

@@ -7,6 +7,12 @@ picture's own edits it toward that class at the kept layout (zero-shot class edi
 regions). It also shows where a generator goes wrong: if completions from k real scales are already off, the
 generator fails at the scales after k.
 
+With --mask the picture is edited by region instead (in-painting, out-painting, class edits that keep the
+background): the mask is a picture of the region to keep, white = keep, black = redraw. At every scale a token
+position keeps the picture's codes when at least half of the area it covers is white (area downsampling, then a
+0.5 threshold; grey counts partly), and the rest is sampled given them. --keep-scales then defaults to 0; scales it
+keeps stay whole.
+
 Writes OUT (a PNG): one row per picture with the picture, its reconstruction (every scale kept), then the
 completions. Image i of completion column j uses the random stream (seed, j * pictures + i).
 """
@@ -38,7 +44,10 @@ def add_parser(sub) -> None:
                         "(e.g. '3' or '1,1,7' or '0-2')")
     p.add_argument("--keep-scales", type=int, metavar="K",
                    help="scales taken from the picture (0 = plain samples, all = the reconstruction); default: "
-                        "half of the generator's scales")
+                        "half of the generator's scales, 0 with --mask")
+    p.add_argument("--mask", type=Path, metavar="PNG",
+                   help="edit by region: a picture of the same size as every input picture (cropped like them), "
+                        "white where the picture is kept at every scale and black where it is redrawn")
     p.add_argument("--num", type=int, default=4, metavar="N", help="completions per picture")
     add_sampling_options(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the random streams")
@@ -69,6 +78,24 @@ def _pictures(specs: list[str]) -> list[Path]:
     return paths
 
 
+def load_mask(path: Path, pictures: list[Path], size: int) -> torch.Tensor:
+    """The keep mask of --mask as (size, size) float in [0, 1] (white = 1), cropped like the pictures; a
+    UsageError when its size differs from a picture's."""
+    from PIL import Image
+
+    from ..data.images import center_crop_arr, load_rgb, printable
+    if not path.is_file():
+        raise UsageError(f"--mask {printable(str(path))}: no such file")
+    mask = load_rgb(path).convert("L")
+    for picture in pictures:
+        with Image.open(picture) as img:
+            if img.size != mask.size:
+                raise UsageError(f"--mask {printable(str(path))} is {mask.width}x{mask.height} but picture "
+                                 f"{printable(str(picture))} is {img.width}x{img.height}: give a mask of the "
+                                 "pictures' size")
+    return torch.from_numpy(center_crop_arr(mask, size).astype("float32") / 255.0)
+
+
 @torch.no_grad()
 def run(args) -> int:
     from ..data.images import load_image
@@ -83,7 +110,7 @@ def run(args) -> int:
     device = _device(args.device)
     gen = load_generator(args.generator, tokenizer=args.tokenizer).to(device)
     scales = len(gen.patch_nums)
-    keep = scales // 2 if args.keep_scales is None else args.keep_scales
+    keep = (0 if args.mask else scales // 2) if args.keep_scales is None else args.keep_scales
     if not 0 <= keep <= scales:
         raise UsageError(f"--keep-scales must be in 0..{scales} (this generator has {scales} scales), got {keep}")
     labels = parse_classes(args.classes, gen.num_classes)
@@ -93,6 +120,7 @@ def run(args) -> int:
         raise UsageError(f"--classes gives {len(labels)} classes for {len(paths)} pictures: give one for all or "
                          "one per picture")
     x = torch.stack([load_image(p, gen.tokenizer.config.image_size) for p in paths])
+    keep_mask = None if args.mask is None else load_mask(args.mask, paths, gen.tokenizer.config.image_size)
     n = len(paths)
     pictures, recons, columns = [], [], [[] for _ in range(args.num)]
     with tqdm(total=n * args.num, desc=f"complete from {keep} scales", unit="img",
@@ -104,11 +132,13 @@ def run(args) -> int:
             pictures.append((xb.cpu() + 1) / 2)
             recons.append((gen.tokenizer.decode(codes).float().cpu() + 1) / 2)
             prefix = [branch[:keep] for branch in codes]
+            edit = {} if keep_mask is None else {"source": codes, "keep_mask": keep_mask.to(device)}
             for j, column in enumerate(columns):
                 column.append(gen.generate(
                     yb, prefix=prefix, cfg=args.cfg, cfg_schedule=args.cfg_schedule, top_k=args.top_k,
                     top_p=args.top_p, seed=args.seed, indices=range(j * n + start, j * n + start + len(xb)),
-                    dtype=DTYPES[args.dtype], more_smooth=args.more_smooth).cpu())
+                    dtype=DTYPES[args.dtype], more_smooth=args.more_smooth, temperature=args.temperature,
+                    **edit).cpu())
                 bar.update(len(xb))
     scale = max(1, 96 // x.shape[-1])  # small pictures are drawn larger (nearest neighbour) to stay readable
 
@@ -119,5 +149,7 @@ def run(args) -> int:
                               labels=["in", "all", *(str(j + 1) for j in range(args.num))])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_png(figure, args.out)
-    print(f"{n} pictures completed {args.num} times each from their first {keep} of {scales} scales: {args.out}")
+    region = "" if keep_mask is None else f" and the region of {args.mask} at every scale"
+    print(f"{n} pictures completed {args.num} times each from their first {keep} of {scales} scales{region}: "
+          f"{args.out}")
     return 0

@@ -43,13 +43,15 @@ TOKENIZER_HELP = ("the generator's tokenizer, when its file does not hold it: VA
 
 
 def add_sampling_options(p) -> None:
-    """--cfg, --cfg-schedule, --top-k, --top-p, --more-smooth with the paper's settings as defaults (also used by
-    complete)."""
+    """--cfg, --cfg-schedule, --top-k, --top-p, --temperature, --more-smooth with the paper's settings as defaults
+    (also used by complete)."""
     p.add_argument("--cfg", type=float, default=3.25, help="classifier-free guidance strength")
     p.add_argument("--cfg-schedule", choices=("linear", "constant"), default="linear",
                    help="linear: the official ramp cfg * si / (K - 1) over scales; constant: cfg at every scale")
     p.add_argument("--top-k", type=int, default=750, help="keep the k most likely codes per branch; 0 = all")
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass per branch; 0 or 1 = off")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="the guided logits are divided by it before top-k/top-p: below 1 sharper, above 1 more varied")
     p.add_argument("--more-smooth", action="store_true",
                    help="VAR's more_smooth: each scale adds a Gumbel-softmax mixture of code vectors (temperature "
                         "falling from 0.27 over the scales, on the top-k/top-p logits) instead of the drawn code's "
@@ -121,13 +123,16 @@ def image_path(out: Path, index: int, label: int) -> Path:
 
 
 def check_sampling_options(args) -> None:
-    """--cfg finite and >= 0, --top-p in [0, 1], --top-k >= 0 (NaN and infinities are refused)."""
+    """--cfg finite and >= 0, --top-p in [0, 1], --top-k >= 0, --temperature > 0 (NaN and infinities are
+    refused)."""
     if not (math.isfinite(args.cfg) and args.cfg >= 0):
         raise UsageError(f"--cfg must be a finite number >= 0, got {args.cfg}")
     if not 0.0 <= args.top_p <= 1.0:  # also refuses NaN
         raise UsageError(f"--top-p must be in [0, 1], got {args.top_p}")
     if args.top_k < 0:
         raise UsageError(f"--top-k must be at least 0, got {args.top_k}")
+    if not (math.isfinite(args.temperature) and args.temperature > 0):
+        raise UsageError(f"--temperature must be a finite number > 0, got {args.temperature}")
 
 
 def _check(args) -> None:
@@ -141,15 +146,20 @@ def _check(args) -> None:
 
 
 SETTINGS = "sample.json"        # OUT/sample.json: what the samples in OUT were made with
+_RECORDED_WHEN_SET = {"temperature": 1.0}  # options newer than sample.json: their defaults when not recorded
 _SAMPLE_NAME = re.compile(r"^\d{6}_class\d{4}\.png$")
 
 
 def sample_settings(gen, args) -> dict:
     """What decides the pictures: the generator's weights (a fingerprint), seed and every sampling option."""
     from ..train.pretokenize import tokenizer_fingerprint
-    return {"generator": str(args.generator), "generator_fingerprint": tokenizer_fingerprint(gen),
-            "seed": args.seed, "cfg": args.cfg, "cfg_schedule": args.cfg_schedule, "top_k": args.top_k,
-            "top_p": args.top_p, "joint_sample": bool(args.joint_sample), "dtype": args.dtype}
+    settings = {"generator": str(args.generator), "generator_fingerprint": tokenizer_fingerprint(gen),
+                "seed": args.seed, "cfg": args.cfg, "cfg_schedule": args.cfg_schedule, "top_k": args.top_k,
+                "top_p": args.top_p, "joint_sample": bool(args.joint_sample), "dtype": args.dtype}
+    for key, default in _RECORDED_WHEN_SET.items():  # only when set, so folders from before the option still match
+        if getattr(args, key) != default:
+            settings[key] = getattr(args, key)
+    return settings
 
 
 def _earlier_samples(out: Path) -> list[Path]:
@@ -170,13 +180,18 @@ def prepare_sample_folder(out: Path, settings: dict, overwrite: bool, is_main: b
             recorded = json.loads((out / SETTINGS).read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
             recorded = {"unreadable": True}
+    def value(record: dict, key: str):  # settings recorded only when set (temperature) are at their default
+        return record.get(key, _RECORDED_WHEN_SET.get(key))
+
     differ = []
     if recorded is not None:
-        differ = [k for k in settings if recorded.get(k) != settings[k] and k != "generator"]
+        keys = [*settings, *(k for k in _RECORDED_WHEN_SET if k not in settings)]
+        differ = [k for k in keys if k != "generator" and value(recorded, k) != value(settings, k)]
     elif earlier:
         differ = ["unknown (no " + SETTINGS + ")"]
     if differ and not overwrite:
-        what = ", ".join(f"{k} {recorded.get(k)!r} -> {settings[k]!r}" if recorded and k in recorded else k
+        what = ", ".join(f"{k} {value(recorded, k)!r} -> {value(settings, k)!r}"
+                         if recorded and (k in recorded or k in _RECORDED_WHEN_SET) else k
                          for k in differ if k != "generator_fingerprint")
         if "generator_fingerprint" in differ:
             what = ("the generator's weights" + (f", {what}" if what else ""))
@@ -245,7 +260,7 @@ def _generate(gen, todo: list[tuple[int, int]], out: Path, args, show: bool) -> 
             imgs = gen.generate(labels, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                                 indices=[i for i, _ in chunk], cfg_schedule=args.cfg_schedule,
                                 joint_sample=args.joint_sample, dtype=DTYPES[args.dtype],
-                                more_smooth=args.more_smooth)
+                                more_smooth=args.more_smooth, temperature=args.temperature)
             for (i, c), img in zip(chunk, imgs):
                 save_png(Image.fromarray(_to_uint8_HW3(img)), image_path(out, i, c))
             bar.update(len(chunk))

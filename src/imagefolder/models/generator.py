@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 
 from ..config import GeneratorConfig
+from .editing import check_codes, keep_region, scale_keep_masks
 from .lowp import LowPrecisionWeights, low_precision
 from .sampling import CFG_SCHEDULES, PerImageRNG, cfg_weight, sample_branches, smooth_weights
 from .tokenizer import Codes, Tokenizer
@@ -303,15 +304,23 @@ class Generator(nn.Module):
     def generate(self, labels_B, *, cfg: float = 3.25, top_k: int = 750, top_p: float = 0.95,
                  seed: int | None = 0, indices=None, cfg_schedule: str = "linear", joint_sample: bool = False,
                  dtype: torch.dtype = torch.float32, return_codes: bool = False, prefix: Codes | None = None,
-                 more_smooth: bool = False):
+                 more_smooth: bool = False, temperature: float = 1.0, source: Codes | None = None,
+                 keep_mask: torch.Tensor | None = None):
         """Class-conditional samples (B, 3, H, W) in [0, 1].
 
         ``seed`` with ``indices`` (global image numbers, default 0..B-1) fixes each image independently of the
         batch it is sampled in. ``dtype`` bfloat16/float16 runs under autocast; float32 is exact.
         With ``return_codes`` also returns the sampled codes[branch][scale].
+        ``temperature``: the guided logits are divided by it before top-k / top-p (< 1 sharper, > 1 more varied).
         ``prefix``: codes[branch][scale] of the first k scales (e.g. ``tokenizer.encode(x)`` cut to k scales) to
         keep instead of sampling them; the later scales are sampled given them, with the same random draws as
         without a prefix. k = 0 is plain sampling, k = K decodes the prefix.
+        ``source`` and ``keep_mask``: editing (``editing`` module): ``source`` is a picture's codes at every scale
+        (``tokenizer.encode(x)``), ``keep_mask`` (h, w) or (B, h, w) the region to keep (1 = keep; the picture's or
+        the token grid's size). At every scale the positions that the mask keeps there take the picture's codes
+        and the rest is sampled, for in-painting, out-painting and class edits (keep the background, give another
+        class). The random draws are those of plain sampling: an empty mask is plain sampling, a full one the
+        picture's reconstruction. With ``prefix`` too, its scales are kept whole.
         ``more_smooth``: VAR's Gumbel-softmax smoothing (``sampling.smooth_weights``): every sampled scale adds a
         Gumbel-softmax mixture of code vectors, not the drawn code's vector, which gives smoother pictures (VAR's
         demo option; its FID numbers are without it). The returned codes are still the drawn ones.
@@ -319,9 +328,17 @@ class Generator(nn.Module):
         if not (math.isfinite(cfg) and cfg >= 0) or not 0.0 <= top_p <= 1.0 or top_k < 0:
             raise ValueError(f"sampling needs a finite cfg >= 0, top_p in [0, 1] and top_k >= 0; got cfg {cfg}, "
                              f"top_p {top_p}, top_k {top_k}")
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
         labels_B = self._labels(labels_B)
         B = labels_B.shape[0]
-        kept = self._check_prefix(prefix, B)
+        layout = (B, self.P, self.V, self.patch_nums)
+        kept = 0 if prefix is None else check_codes(prefix, "prefix", *layout)
+        if (source is None) != (keep_mask is None):
+            raise ValueError("editing needs both source (the picture's codes) and keep_mask (the region to keep)")
+        if source is not None:
+            check_codes(source, "source", *layout, all_scales=True)
+            keep_masks = scale_keep_masks(keep_mask, B, self.patch_nums, self.tokenizer.config.image_size)
         indices = list(range(B)) if indices is None else [int(i) for i in indices]
         if len(indices) != B:
             raise ValueError(f"got {len(indices)} indices for {B} labels")
@@ -329,6 +346,7 @@ class Generator(nn.Module):
             seed = int(torch.randint(0, 2**62, ()).item())
         rng = PerImageRNG(seed, indices)
         codes: Codes = [[] for _ in range(self.P)]
+        embeddings = [q.embedding.weight.float() for q in self.tokenizer.quantizes]
 
         K = len(self.patch_nums)
 
@@ -336,42 +354,30 @@ class Generator(nn.Module):
             l, dev = guided[0].shape[1], guided[0].device
             u = rng.uniform(self.P, l, device=dev)  # drawn for kept scales too: same later draws
             u_smooth = rng.uniform(self.P, l, self.V, device=dev) if more_smooth else None
+            if si < kept:
+                idx = [prefix[p][si].to(u.device) for p in range(self.P)]
+                for p in range(self.P):
+                    codes[p].append(idx[p])
+                return idx
+            if temperature != 1.0:
+                guided = [g / temperature for g in guided]
             filtered: list[torch.Tensor] = []
-            idx = ([prefix[p][si].to(u.device) for p in range(self.P)] if si < kept else
-                   sample_branches(guided, u, top_k=top_k, top_p=top_p, joint=joint_sample, filtered_out=filtered))
+            idx = sample_branches(guided, u, top_k=top_k, top_p=top_p, joint=joint_sample, filtered_out=filtered)
+            vectors = None
+            if u_smooth is not None:
+                vectors = [smooth_weights(f, u_smooth[:, p], si, K) @ emb
+                           for p, (f, emb) in enumerate(zip(filtered, embeddings))]
+            if source is not None:
+                idx, vectors = keep_region(idx, vectors, [s[si] for s in source], keep_masks[si], embeddings)
             for p in range(self.P):
                 codes[p].append(idx[p])
-            if not filtered or u_smooth is None:
-                return idx
-            vectors = [smooth_weights(f, u_smooth[:, p], si, K) @ q.embedding.weight.float()
-                       for p, (f, q) in enumerate(zip(filtered, self.tokenizer.quantizes))]
-            return idx, vectors
+            return idx if vectors is None else (idx, vectors)
 
         with self._autocast(dtype):
             f_hat = self._scale_by_scale(labels_B, choose, cfg, cfg_schedule)
             img = self.tokenizer.fhat_to_img(f_hat)
         img = img.float().add(1).mul(0.5)
         return (img, codes) if return_codes else img
-
-    def _check_prefix(self, prefix: Codes | None, B: int) -> int:
-        """The number of scales ``prefix`` fixes, after checking its layout against the model's."""
-        if prefix is None:
-            return 0
-        if len(prefix) != self.P:
-            raise ValueError(f"prefix must hold codes of {self.P} branches, got {len(prefix)}")
-        k = len(prefix[0])
-        if any(len(branch) != k for branch in prefix) or k > len(self.patch_nums):
-            raise ValueError(f"prefix must give every branch the same number of scales (at most "
-                             f"{len(self.patch_nums)}), got {[len(branch) for branch in prefix]}")
-        for p, branch in enumerate(prefix):
-            for si, idx in enumerate(branch):
-                pn = self.patch_nums[si]
-                if tuple(idx.shape) != (B, pn * pn) or idx.dtype not in (torch.int32, torch.int64):
-                    raise ValueError(f"prefix[{p}][{si}] must be integer codes of shape ({B}, {pn * pn}), got "
-                                     f"{idx.dtype} {tuple(idx.shape)}")
-                if idx.numel() and (idx.min() < 0 or idx.max() >= self.V):
-                    raise ValueError(f"prefix[{p}][{si}] holds codes outside [0, {self.V - 1}]")
-        return k
 
     @torch.no_grad()
     def guided_logits(self, labels_B, codes: Codes, *, cfg: float = 3.25, cfg_schedule: str = "linear",

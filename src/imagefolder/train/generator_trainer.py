@@ -30,7 +30,8 @@ from torch.utils.data import Dataset
 from ..config import ConfigError, GeneratorConfig
 from ..data.folder import BadItem, Batch, ImageFolderDataset, find_classes, split_dir
 from ..data.fresh import FreshPictures
-from ..loading import _tokenizer_config, load_generator, load_tokenizer, save_generator
+from ..checkpoint import save_model
+from ..loading import _tokenizer_config, load_generator, load_tokenizer
 from ..models.generator import Generator, scale_levels
 from .engine import Trainer, TrainingError, all_reduce_
 from .optim import EMA, adamw, param_groups
@@ -262,8 +263,11 @@ class GeneratorTrainer(Trainer):
 
     # saving ----------------------------------------------------------------------------------------------------
     def export(self, out_dir: Path) -> None:
-        """The (EMA) generator with its tokenizer, in the format ``load_generator`` / ``imagefolder sample`` read."""
-        save_generator(self._eval_model(), out_dir)
+        """The (EMA) generator with its tokenizer, in the format ``load_generator`` / ``imagefolder sample`` read,
+        and the training classes' names in class id order (``class_names`` in config.json; ``imagefolder serve``
+        shows them)."""
+        gen = self._eval_model()
+        save_model(gen, "generator", gen.config, out_dir, extra={"class_names": [str(c) for c in self.classes]})
 
     def model_states(self) -> dict[str, Any]:
         s = {"generator": own_state(self.gen), "opt": self.opt.state_dict(),
