@@ -15,7 +15,7 @@ import sys
 import threading
 
 from ..config import ConfigError
-from ..official import CheckpointError
+from ..errors import CheckpointError
 
 SUBCOMMANDS = ("demo", "ablate", "reconstruct", "sample", "complete", "convert", "make-dataset", "train-tokenizer",
                "train-classifier", "evaluate", "probe", "train-generator", "pretokenize")

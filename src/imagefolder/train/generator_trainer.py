@@ -27,14 +27,13 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import Dataset
 
-from ..config import ConfigError, GeneratorConfig
+from ..config import ConfigError, GeneratorConfig, generator_model_config
 from ..data.folder import BadItem, Batch, ImageFolderDataset, find_classes, split_dir
 from ..data.fresh import FreshPictures
 from ..loading import _tokenizer_config, load_generator, load_tokenizer, save_generator
 from ..models.generator import Generator, scale_levels
 from .engine import Trainer, TrainingError, all_reduce_
 from .optim import EMA, adamw, param_groups
-from .options import generator_model_config
 from .pretokenize import (CodesDataset, check_cache_tokenizer, codes_BPL, read_cache_meta, split_codes,
                           tokenizer_fingerprint)
 

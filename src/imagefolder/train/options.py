@@ -15,7 +15,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
-from ..config import VQ_MODEL_CH_MULT, ConfigError, GeneratorConfig, TokenizerConfig
+from ..config import VQ_MODEL_CH_MULT, ConfigError, GeneratorConfig, TokenizerConfig, tokenizer_model_config
 
 
 def normalise_key(key: str) -> str:
@@ -183,23 +183,6 @@ class CommonOptions:
         need(self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1")
         need(self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}")
         need(self.max_nonfinite >= 1, "max_nonfinite must be >= 1")
-
-
-def _model_config(model_cls, preset_fn, preset: str, model_vals: dict[str, Any]):
-    try:
-        return preset_fn(preset, **model_vals) if preset else model_cls(**model_vals)
-    except TypeError as e:
-        raise ConfigError(f"model configuration: {e}") from None
-
-
-def tokenizer_model_config(preset: str, model_vals: dict[str, Any]) -> TokenizerConfig:
-    from ..config import tokenizer_preset
-    return _model_config(TokenizerConfig, tokenizer_preset, preset, model_vals)
-
-
-def generator_model_config(preset: str, model_vals: dict[str, Any]) -> GeneratorConfig:
-    from ..config import generator_preset
-    return _model_config(GeneratorConfig, generator_preset, preset, model_vals)
 
 
 # tokenizer training ----------------------------------------------------------------------------------------------
