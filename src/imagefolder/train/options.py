@@ -326,6 +326,25 @@ class GeneratorTrainOptions(CommonOptions):
             raise ConfigError("val_samples and sample_top_k must be >= 0 and sample_top_p in [0, 1]")
 
 
+# classifier training -------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class ClassifierTrainOptions(CommonOptions):
+    """The domain classifier (``train_classifier``): AdamW with weight decay on every parameter, no clipping, no
+    EMA, a short linear warm-up, then cosine decay to 0; the final model only (``save_best`` off)."""
+
+    model_preset: str = "tiny"           # CLASSIFIER_PRESETS
+    epochs: int = 6
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    beta2: float = 0.999
+    max_grad_norm: float = 0.0
+    ema: bool = False
+    num_workers: int = 0
+    keep_checkpoints: int = 1
+    save_best: bool = False
+    tensorboard: bool = False
+
+
 def load_options(cls, accepted_only: dict[str, tuple], config_path: str | Path | None, overrides: dict[str, Any]):
     """YAML file (optional) + overrides -> (options, model config).
 
