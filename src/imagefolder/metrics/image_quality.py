@@ -58,7 +58,8 @@ def ssim(x_BCHW: torch.Tensor, y_BCHW: torch.Tensor, data_range: float = 1.0) ->
     _check_pair(x_BCHW, y_BCHW)
     if min(x_BCHW.shape[-2:]) < WINDOW_SIZE:
         raise ValueError(f"SSIM needs images of at least {WINDOW_SIZE}x{WINDOW_SIZE}, got {tuple(x_BCHW.shape[-2:])}")
-    x, y = x_BCHW.double(), y_BCHW.double()
+    # contiguous: the filters' rounding must not depend on the memory layout (images read from files are HWC)
+    x, y = x_BCHW.double().contiguous(), y_BCHW.double().contiguous()
     g = gaussian_window().to(x.device)
     c1, c2 = (K1 * data_range) ** 2, (K2 * data_range) ** 2
     mu_x, mu_y = _blur(x, g), _blur(y, g)
