@@ -9,6 +9,6 @@
   space, the image sets ``evaluate`` reads and its pass over them.
 * ``probe``: linear probing of a tokenizer's branches; ``code_stability``: codes that flip under invisible noise.
 """
-from .image_quality import ReconstructionQuality, psnr, ssim, to_8bit
+from .image_quality import ReconstructionQuality, psnr, ssim, to_8bit, to_uint8
 
-__all__ = ["ReconstructionQuality", "psnr", "ssim", "to_8bit"]
+__all__ = ["ReconstructionQuality", "psnr", "ssim", "to_8bit", "to_uint8"]

@@ -11,11 +11,14 @@ import numpy as np
 import torch
 
 
+def correct_predictions(logits_NK: torch.Tensor, labels_N: np.ndarray | torch.Tensor) -> int:
+    """How many images' most likely class is their label."""
+    return int((logits_NK.detach().argmax(dim=1).cpu() == torch.as_tensor(labels_N).cpu()).sum())
+
+
 def class_accuracy(logits_NK: torch.Tensor, labels_N: np.ndarray | torch.Tensor) -> float:
     """The fraction of images whose most likely class is their label (NaN for no images)."""
-    if len(labels_N) == 0:
-        return math.nan
-    return (logits_NK.argmax(dim=1).cpu() == torch.as_tensor(labels_N).cpu()).double().mean().item()
+    return correct_predictions(logits_NK, labels_N) / len(labels_N) if len(labels_N) else math.nan
 
 
 def accuracy_stderr(acc: float, n: int) -> float:

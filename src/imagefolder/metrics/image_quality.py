@@ -77,6 +77,11 @@ def to_8bit(x_B3HW: torch.Tensor) -> torch.Tensor:
     return x_B3HW.double().add(1).div(2).clamp(0, 1).mul(255).round().div(255)
 
 
+def to_uint8(x_B3HW: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] -> the uint8 pictures ``to_8bit`` describes (what feature extractors read)."""
+    return to_8bit(x_B3HW).mul(255).round().to(torch.uint8)
+
+
 @dataclass
 class ReconstructionQuality:
     """Per-image PSNR / SSIM of reconstructions against their originals, gathered batch by batch (module

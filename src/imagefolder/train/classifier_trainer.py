@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from ..data.folder import Batch, ImageFolderDataset, split_dir
 from ..data.images import ImageError
 from ..distributed import DistInfo, all_gather_object, pick_device
-from ..metrics.classes import class_accuracy
+from ..metrics.classes import class_accuracy, correct_predictions
 from ..models.classifier import ClassifierConfig, DomainClassifier, classifier_preset, save_classifier
 from .engine import Trainer
 from .optim import adamw
@@ -81,7 +81,7 @@ class ClassifierTrainer(Trainer):
                 loss = F.cross_entropy(logits, y)
                 self.backward(loss / len(micro), "classifier")
             loss_sum += float(loss.detach()) * len(y)
-            correct += int((logits.detach().argmax(dim=1) == y).sum())
+            correct += correct_predictions(logits, y)
             seen += len(y)
         lr = self.lr_now(self.opts.lr)
         stepped, gnorm = self.optimizer_step("classifier", self.opt, self.params, lr)

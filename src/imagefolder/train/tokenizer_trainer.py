@@ -28,7 +28,7 @@ from ..data.fresh import FreshPictures
 from ..distributed import all_gather_object, all_reduce_, broadcast_buffers_, gather_with_grad
 from ..losses import LeCam, adaptive_weight, build_discriminator, build_perceptual, d_loss, diff_augment, g_loss
 from ..metrics.codebook import CodeCounts, recent_usage
-from ..metrics.image_quality import ReconstructionQuality
+from ..metrics.image_quality import ReconstructionQuality, to_uint8
 from ..models.tokenizer import Tokenizer
 from .control import TrainingError
 from .engine import Trainer
@@ -286,9 +286,8 @@ class TokenizerTrainer(Trainer):
             counts.add(codes)
             quality.add(recon, x)
             if self._rfid:
-                to_u8 = lambda t: ((t.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # noqa: E731
-                reals.append(self._rfid.features_and_logits(to_u8(x))[0].double().cpu())
-                fakes.append(self._rfid.features_and_logits(to_u8(recon))[0].double().cpu())
+                reals.append(self._rfid.features_and_logits(to_uint8(x))[0].double().cpu())
+                fakes.append(self._rfid.features_and_logits(to_uint8(recon))[0].double().cpu())
             if grid is None and self.info.is_main:
                 grid = (x[:8], [r.float() for r in tok.reconstruct_per_scale(x[:8])])
         all_reduce_(counts.hits_PKV)
