@@ -105,6 +105,16 @@ def test_train_classifier_end_to_end(dataset, tmp_path, capsys):
     assert info["val_images"] == 20 and 0 <= info["val_accuracy"] <= 1
 
 
+def test_train_classifier_overwrite_replaces_the_run(dataset, tmp_path, capsys):
+    out = tmp_path / "clf"
+    argv = ["--data", dataset, "--out", out, "--epochs", 1, "--batch-size", 16, "--image-size", 16, "--device", "cpu"]
+    assert _run(capsys, *argv)[0] == 0 and (out / "checkpoints").is_dir()
+    rc, _, err = _run(capsys, *argv)
+    assert rc == 2 and "--overwrite" in err
+    assert _run(capsys, *argv, "--overwrite")[0] == 0  # the earlier run's checkpoints go too: a fresh run
+    assert json.loads((out / "config.json").read_text())["info"]["steps"] == 1
+
+
 def test_train_classifier_is_reproducible(dataset, tmp_path, capsys):
     for name in ("a", "b"):
         assert _run(capsys, "--data", dataset, "--out", tmp_path / name, "--epochs", 1, "--batch-size", 16,

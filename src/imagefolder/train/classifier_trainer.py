@@ -184,7 +184,8 @@ def train_classifier(data: str | Path, out: str | Path, *, preset: str = "tiny",
     device = pick_device(device) if isinstance(device, str) else device
     train, val = datasets(data, image_size, seed)
     config = classifier_preset(preset, image_size=image_size, num_classes=len(train.classes))
-    steps_per_epoch = max(1, len(train) // batch_size)  # the engine drops the last partial batch of an epoch
+    batch_size = min(batch_size, len(train))  # a set smaller than a batch: one batch of all of it per epoch
+    steps_per_epoch = len(train) // batch_size  # the engine drops the last partial batch of an epoch
     total = steps_per_epoch * epochs
     opts = ClassifierTrainOptions(
         data_path=str(data), model_preset=preset, epochs=epochs, global_batch_size=batch_size, lr=lr, weight_decay=weight_decay,
