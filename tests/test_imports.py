@@ -87,4 +87,4 @@ def test_every_module_imports_alone():
     names = sorted(n for n in _module_names() if not n.endswith("__main__"))
     code = "import importlib, sys\nfor n in sys.argv[1:]:\n    importlib.import_module(n)\n" \
            "    [sys.modules.pop(m) for m in list(sys.modules) if m.startswith('imagefolder')]\n"
-    subprocess.run([sys.executable, "-c", code, *names], check=True, timeout=300)
+    subprocess.run([sys.executable, "-c", code, *names], check=True, timeout=1800)  # ~20 s on an idle machine
