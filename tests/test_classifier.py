@@ -100,8 +100,19 @@ def test_train_classifier_end_to_end(dataset, tmp_path, capsys):
     assert names == sorted(p.name for p in (dataset / "train").iterdir())
     assert model.config.image_size == 16 and model.config.num_classes == 10
     info = json.loads((out / "config.json").read_text())["info"]
-    assert info["epochs"] == 2 and info["steps"] == 2 * 4 and info["train_images"] == 31
+    # 31 images in batches of 8: 3 steps per epoch (the engine drops an epoch's last partial batch)
+    assert info["epochs"] == 2 and info["steps"] == 2 * 3 and info["train_images"] == 31
     assert info["val_images"] == 20 and 0 <= info["val_accuracy"] <= 1
+
+
+def test_train_classifier_overwrite_replaces_the_run(dataset, tmp_path, capsys):
+    out = tmp_path / "clf"
+    argv = ["--data", dataset, "--out", out, "--epochs", 1, "--batch-size", 16, "--image-size", 16, "--device", "cpu"]
+    assert _run(capsys, *argv)[0] == 0 and (out / "checkpoints").is_dir()
+    rc, _, err = _run(capsys, *argv)
+    assert rc == 2 and "--overwrite" in err
+    assert _run(capsys, *argv, "--overwrite")[0] == 0  # the earlier run's checkpoints go too: a fresh run
+    assert json.loads((out / "config.json").read_text())["info"]["steps"] == 1
 
 
 def test_train_classifier_is_reproducible(dataset, tmp_path, capsys):
@@ -122,3 +133,20 @@ def test_train_classifier_errors(dataset, tmp_path, capsys):
     assert rc == 2 and err.count("\n") == 1 and "needs two or more" in err
     rc, _, err = _run(capsys, "--data", dataset, "--out", tmp_path / "o", "--epochs", 0)
     assert rc == 2 and err.startswith("imagefolder train-classifier: error: --epochs must be at least 1")
+
+
+def test_a_classifier_written_before_the_engine_still_loads():
+    from imagefolder.demo.assets import DEFAULT_ASSETS  # the shipped judge: written by the hand-written loop
+    model, names = load_classifier(DEFAULT_ASSETS / "classifier")
+    assert len(names) == model.config.num_classes == 10 and not model.training
+
+
+def test_budgeted_training_stops_on_time_and_writes_the_classifier(dataset, tmp_path):
+    from imagefolder.train.classifier_trainer import train_classifier
+    s = train_classifier(dataset, tmp_path / "clf", image_size=16, epochs=1000, batch_size=8, device="cpu",
+                         time_budget_minutes=0.05, progress=False)
+    assert s["stopped_by_budget"] and 0 < s["steps"] < 1000 * 3 and s["seconds"] < 30
+    assert s["epochs"] == len(s["history"]) >= 1 and s["history"][-1]["epoch"] == s["epochs"]
+    model, _ = load_classifier(tmp_path / "clf")
+    info = json.loads((tmp_path / "clf" / "config.json").read_text())["info"]
+    assert info["steps"] == s["steps"] and info["val_images"] == 20

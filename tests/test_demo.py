@@ -155,7 +155,7 @@ def test_curves_figure():
 
 def test_classifier_time_budget(tmp_path):
     from imagefolder.data.make_dataset import make_dataset
-    from imagefolder.eval.classifier_training import train_classifier
+    from imagefolder.train.classifier_trainer import train_classifier
     make_dataset("shapes", tmp_path / "data", size=16, train_per_class=4, val_per_class=2)
     s = train_classifier(tmp_path / "data", tmp_path / "clf", image_size=16, epochs=10_000, batch_size=8,
                          device="cpu", time_budget_minutes=0.003, progress=False)

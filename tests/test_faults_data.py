@@ -144,13 +144,14 @@ def test_the_generator_and_the_codes_cache_refuse_unreadable_data(tmp_path, tiny
 
 
 def test_the_classifier_refuses_a_set_with_no_readable_image(tmp_path):
-    from imagefolder.eval.classifier_training import train_classifier
+    from imagefolder.train.classifier_trainer import train_classifier
     for c in range(2):
         (tmp_path / "d" / "train" / f"c{c}").mkdir(parents=True)
         (tmp_path / "d" / "train" / f"c{c}" / "x.png").write_bytes(b"")
-    with pytest.raises(ImageError, match="none of its 2 images could be read"):
-        train_classifier(tmp_path / "d", tmp_path / "out", image_size=16, epochs=50, device="cpu", progress=False)
-    assert not (tmp_path / "out").exists()
+    with pytest.raises(TrainingError, match="not one training item could be read in a whole epoch"):
+        train_classifier(tmp_path / "d", tmp_path / "out", image_size=16, batch_size=2, epochs=50, device="cpu",
+                         progress=False)
+    assert not (tmp_path / "out" / "config.json").exists()  # no classifier, only the run's log
 
 
 def test_empty_and_foreign_class_folders_are_errors_before_training(tmp_path, capsys):

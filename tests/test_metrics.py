@@ -91,3 +91,11 @@ def test_bad_shapes_are_refused():
         ssim(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8))
     with pytest.raises(ValueError, match="B, C, H, W"):
         psnr(torch.rand(3, 16, 16), torch.rand(3, 16, 16))
+
+
+def test_ssim_does_not_depend_on_the_memory_layout():
+    torch.manual_seed(0)
+    x_BHW3, y_BHW3 = torch.rand(4, 16, 16, 3), torch.rand(4, 16, 16, 3)  # as images are read from files
+    strided = ssim(x_BHW3.permute(0, 3, 1, 2), y_BHW3.permute(0, 3, 1, 2))
+    dense = ssim(x_BHW3.permute(0, 3, 1, 2).contiguous(), y_BHW3.permute(0, 3, 1, 2).contiguous())
+    assert torch.equal(strided, dense)

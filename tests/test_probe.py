@@ -19,7 +19,7 @@ from imagefolder.cli import main
 from imagefolder.config import tokenizer_preset
 from imagefolder.data.folder import ImageFolderDataset, collate_skip_bad
 from imagefolder.data.make_dataset import make_dataset
-from imagefolder.eval.probe import Features, extract_features, probe_features, probe_tokenizer, semantic_branch
+from imagefolder.metrics.probe import Features, extract_features, probe_features, probe_tokenizer, semantic_branch
 
 DATA = Path(__file__).parent / "data"
 COLOURS = torch.tensor([[1.0, -1, -1], [-1, 1, -1], [-1, -1, 1], [1, 1, -1]])

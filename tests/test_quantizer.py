@@ -99,11 +99,13 @@ def test_phi_schedule_matches_official_ticks():
     assert PhiSchedule(4, 2, 0.0).qresi_ls[0].__class__.__name__ == "Identity"
 
 
-def test_usage_counts_codes_in_use(quantizer):
+def test_recent_usage_counts_codes_in_use(quantizer):
+    from imagefolder.metrics.codebook import recent_usage
     hits = torch.zeros(len(SCALES), 32)
     hits[:, :8] = 10.0
+    hits[:, 8] = 0.05  # below 8% of uniform use (80 / 32 * 0.08 = 0.2): not in use
     quantizer.update_usage(hits)
-    assert quantizer.usage() == [25.0] * len(SCALES)
+    assert recent_usage(quantizer.ema_vocab_hit_SV).tolist() == [0.25] * len(SCALES)
 
 
 def test_bad_shapes_are_clear_errors(quantizer):

@@ -38,7 +38,8 @@ def test_training_forward_losses_usage_and_dropout(x):
     assert out.recon.shape == xb.shape
     assert set(out.losses) == {"codebook", "commitment", "semantic"}
     assert all(torch.isfinite(v) for v in out.losses.values())
-    assert len(out.usages) == 4 and all(0 <= u <= 100 for u in out.usages)
+    assert all(q.ema_vocab_hit_SV.sum(dim=1).tolist() == [10 * pn * pn for pn in tok.v_patch_nums]
+               for q in tok.quantizes)  # the usage statistic counted every code of the batch
     assert out.n_keep[1:].tolist() == [4] * 9 and 3 <= out.n_keep[0] <= 4
     sum(out.losses.values()).add(out.recon.square().mean()).backward()
     assert tok.encoder.latent_tokens.grad is not None and tok.encoder.latent_tokens.grad.abs().sum() > 0

@@ -5,7 +5,7 @@ from .loading import (convert, export_official, export_var_release, load_generat
                       save_tokenizer)
 from .models.generator import Generator
 from .models.tokenizer import Tokenizer
-from .official import CheckpointError
+from .errors import CheckpointError
 
 __version__ = "0.1.0"
 

@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .official import CheckpointError
+from .errors import CheckpointError
 
 FORMAT, VERSION = "imagefolder", 1
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"

@@ -326,3 +326,20 @@ def generator_preset(name: str, **overrides: Any) -> GeneratorConfig:
     if name not in GENERATOR_PRESETS:
         raise ConfigError(f"unknown generator preset {name!r}; choose one of {sorted(GENERATOR_PRESETS)}")
     return GeneratorConfig(**{**GENERATOR_PRESETS[name], **overrides})
+
+
+def _model_config(model_cls, preset_fn, preset: str, model_vals: dict[str, Any]):
+    try:
+        return preset_fn(preset, **model_vals) if preset else model_cls(**model_vals)
+    except TypeError as e:
+        raise ConfigError(f"model configuration: {e}") from None
+
+
+def tokenizer_model_config(preset: str, model_vals: dict[str, Any]) -> TokenizerConfig:
+    """``preset`` (none: the defaults) with the fields ``model_vals``; an unknown field is a ``ConfigError``."""
+    return _model_config(TokenizerConfig, tokenizer_preset, preset, model_vals)
+
+
+def generator_model_config(preset: str, model_vals: dict[str, Any]) -> GeneratorConfig:
+    """``preset`` (none: the defaults) with the fields ``model_vals``; an unknown field is a ``ConfigError``."""
+    return _model_config(GeneratorConfig, generator_preset, preset, model_vals)

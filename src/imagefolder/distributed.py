@@ -1,4 +1,5 @@
-"""Process-group helpers for scripts and commands (models never use them).
+"""Process-group helpers for scripts, commands and trainers (models never use them; a trainer hands them the
+collectives they need, e.g. ``gather_with_grad`` for the contrastive loss over the global batch).
 
 ``init_from_env`` joins the process group when launched by ``torchrun`` (RANK / WORLD_SIZE / LOCAL_RANK set) with
 NCCL on CUDA devices and gloo otherwise, and is a plain single process when not. The other helpers work in both
@@ -12,6 +13,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,28 @@ def all_gather_object(obj: Any) -> list[Any]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def all_reduce_(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """Reduce ``t`` over the processes in place (``op``: sum, min or max); returns it (as is for one process)."""
+    if _active():
+        dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}[op])
+    return t
+
+
+def gather_with_grad(t: torch.Tensor) -> torch.Tensor:
+    """All processes' ``t`` concatenated on dim 0, differentiable (the identity for one process)."""
+    if not _active():
+        return t
+    from torch.distributed.nn.functional import all_gather
+    return torch.cat(all_gather(t), dim=0)
+
+
+def broadcast_buffers_(module: nn.Module) -> None:
+    """Copy rank 0's buffers (e.g. BatchNorm running statistics) to every process."""
+    if _active():
+        for b in module.buffers():
+            dist.broadcast(b, 0)
 
 
 def shutdown() -> None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .official import CheckpointError
+from .errors import CheckpointError
 from .releases import RELEASES, Release
 
 PREFIX = "hf://"

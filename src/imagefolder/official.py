@@ -22,12 +22,9 @@ import torch
 import torch.nn as nn
 
 from .config import VQ_MODEL_CH_MULT, ConfigError, GeneratorConfig, TokenizerConfig, tokenizer_preset
+from .errors import CheckpointError
 from .models.generator import block_causal_mask, scale_levels
 from .models.vit import level_ids
-
-
-class CheckpointError(Exception):
-    """A checkpoint cannot be used; the message says which file and what is wrong."""
 
 
 # safe reading ---------------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import checkpoint as ours
-from .official import CheckpointError
+from .errors import CheckpointError
 
 CARD_NAME = "README.md"
 PUBLISHED = (ours.CONFIG_NAME, ours.WEIGHTS_NAME, CARD_NAME)

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from .config import VAR_PATCH_NUMS, ConfigError, GeneratorConfig, TokenizerConfig, tokenizer_preset
-from .official import CheckpointError
+from .errors import CheckpointError
 
 VQVAE_PRESET = "var-vqvae"
 _QKV = re.compile(r"^(.*\.(?:attn\.\d+|mid\.1|mid\.attn_1))\.(q|k|v)\.(weight|bias)$")

@@ -15,7 +15,7 @@ import sys
 import threading
 
 from ..config import ConfigError
-from ..official import CheckpointError
+from ..errors import CheckpointError
 
 SUBCOMMANDS = ("demo", "ablate", "reconstruct", "sample", "complete", "serve", "convert", "make-dataset",
                "train-tokenizer", "train-classifier", "evaluate", "probe", "train-generator", "pretokenize", "export",
@@ -67,7 +67,7 @@ def stop_on_signals():
 def stage_interrupted(e, next_step: str):
     """The ``Interrupted`` of a trainer run as a stage of a larger command, with what continuing means there."""
     from ..data.images import printable
-    from ..train.engine import Interrupted
+    from ..train.control import Interrupted
     return Interrupted(f"stopped by {e.signame} while training the {e.kind} at step {e.step} (checkpoint "
                        f"{printable(str(e.checkpoint))} written); {next_step}", e.signum, kind=e.kind, step=e.step,
                        checkpoint=e.checkpoint)
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     except (*expected_errors(), OSError) as e:
         if isinstance(e, OSError) and not _expected_os_error(e):
             raise  # not a condition the user can fix: keep the traceback
-        from ..train.engine import Interrupted
+        from ..train.control import Interrupted
         if isinstance(e, Interrupted):  # SIGTERM / SIGINT: a trainer saved a checkpoint; the message says what next
             print(f"imagefolder {args.command}: {one_line(e)}", file=sys.stderr)
             return 128 + e.signum
@@ -122,7 +122,7 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     """The error classes the CLI reports as one line with exit status 2 (anything else keeps its traceback)."""
     from ..data.fresh import FreshPicturesError
     from ..data.images import ImageError
-    from ..train.engine import TrainingError
+    from ..train.control import TrainingError
     return (CheckpointError, ConfigError, UsageError, ImageError, TrainingError, FreshPicturesError,
             FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError)
 

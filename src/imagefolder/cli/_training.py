@@ -65,7 +65,7 @@ def run_training(trainer_cls, opts, model_config, args) -> int:
     import sys
 
     from ..distributed import barrier, init_from_env, shutdown
-    from ..train.engine import Interrupted
+    from ..train.control import Interrupted
     from ..train.state import resolve_resume
     out = args.out or opts.cloud_save_path
     info = init_from_env(opts.device)

@@ -81,7 +81,7 @@ def run(args) -> int:
     from ..ablation.rows import parse_rows
     from ..ablation.run import AblationSettings, run_ablation
     from ..distributed import pick_device
-    from ..train.engine import Interrupted
+    from ..train.control import Interrupted
     try:
         rows = tuple(parse_rows(args.rows))
     except ValueError as e:

@@ -97,7 +97,7 @@ def run(args) -> int:
     from ..demo.assets import DEFAULT_ASSETS
     from ..demo.pipeline import DemoSettings, run_demo
     from ..distributed import pick_device
-    from ..train.engine import Interrupted
+    from ..train.control import Interrupted
     _check(args)
     try:
         pick_device(args.device)

@@ -242,9 +242,9 @@ def _run(args) -> int:
 
 
 def _pair_summary(res: Extracted, paired_by: str) -> dict[str, Any]:
-    psnr_N = np.array(res.psnr_N)
-    return {"pairs": len(psnr_N), "paired_by": paired_by, "psnr": float(psnr_N.mean()),
-            "ssim": float(np.mean(res.ssim_N)), "identical_pairs": int(np.isinf(psnr_N).sum()),
+    q = res.quality
+    return {"pairs": len(q), "paired_by": paired_by, "psnr": q.psnr, "ssim": q.ssim,
+            "identical_pairs": q.identical_pairs,
             "metrics": "on 8-bit RGB in [0, 1]: PSNR in dB (infinite, reported as null, when a pair is identical); "
                        "SSIM with an 11x11 Gaussian window (sigma 1.5)"}
 

@@ -21,7 +21,7 @@ from ._outputs import add_overwrite_option, check_output
 
 
 def add_parser(sub) -> None:
-    from ..eval.probe import POOLS
+    from ..metrics.probe import POOLS
     p = sub.add_parser(
         "probe", help="linear probing of a tokenizer's quantized features per branch (top-1 accuracy)",
         description=__doc__.replace("``", ""), formatter_class=HelpFormatter)
@@ -73,7 +73,7 @@ def run(args) -> int:
     from ..checkpoint import atomic_write
     from ..data import ImageError
     from ..distributed import pick_device
-    from ..eval.probe import probe_tokenizer
+    from ..metrics.probe import probe_tokenizer
     from ..loading import load_tokenizer
 
     _check(args)

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from ..hub import SPEC_HELP
 from ..checkpoint import atomic_write
 from ..data import ImageError, ImageFiles, builtin_images, builtin_names, find_images, to_tensor
-from ..metrics import psnr, ssim
+from ..metrics import ReconstructionQuality, to_8bit
 from . import UsageError
 from ._outputs import add_overwrite_option, check_output, remove_outputs
 
@@ -33,7 +33,7 @@ SUMMARY_FILES = ("metrics.json", "metrics.csv", "grid.png", "progression.png")
 OUTPUTS = (*SUMMARY_FILES, "recon")  # what --overwrite deletes
 DEFAULT_BUILTIN = 16
 METRICS_NOTE = ("per image, on 8-bit RGB in [0, 1] (the saved PNGs): PSNR in dB; SSIM with an 11x11 Gaussian "
-                "window (sigma 1.5, K1 0.01, K2 0.03), mean over positions and channels")
+                "window (sigma 1.5, K1 0.01, K2 0.03), mean over positions and channels (metrics.ReconstructionQuality)")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -117,23 +117,18 @@ def _inputs(args, size: int) -> tuple[list[str], Dataset | list[torch.Tensor], s
     return builtin_names(n), [to_tensor(img) for img in images_NHW3], f"builtin (n={n}, seed={args.seed})"
 
 
-def _to_8bit_unit(x_B3HW: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] -> [0, 1], rounded to the 256 levels a PNG keeps."""
-    return x_B3HW.float().add(1).div(2).clamp(0, 1).mul(255).round().div(255)
-
-
 def _finite(v: float) -> float | None:
     return round(v, 6) if math.isfinite(v) else None
 
 
-def _write_csv(path: Path, names: list[str], psnr_N: torch.Tensor, ssim_N: torch.Tensor) -> None:
+def _write_csv(path: Path, names: list[str], quality: ReconstructionQuality) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["name", "psnr", "ssim"])
-            for name, p, s in zip(names, psnr_N.tolist(), ssim_N.tolist()):
+            for name, p, s in zip(names, quality.psnr_N, quality.ssim_N):
                 w.writerow([name, f"{p:.4f}", f"{s:.6f}"])
-            w.writerow(["mean", f"{psnr_N.mean().item():.4f}", f"{ssim_N.mean().item():.6f}"])
+            w.writerow(["mean", f"{quality.psnr:.4f}", f"{quality.ssim:.6f}"])
     atomic_write(path, write)
 
 
@@ -143,8 +138,7 @@ def _write_json(path: Path, summary: dict[str, Any]) -> None:
 
 @dataclass
 class _Results:
-    psnr_N: torch.Tensor
-    ssim_N: torch.Tensor
+    quality: ReconstructionQuality
     originals_B3HW: torch.Tensor  # the first images, in [-1, 1], on the CPU: what the figures show
     recons_B3HW: torch.Tensor     # their reconstructions, 8-bit in [0, 1]
     seconds: float
@@ -155,7 +149,7 @@ def _reconstruct_all(tok, loader: DataLoader, dtype: torch.dtype, device: torch.
     """Reconstruct every batch, measure PSNR/SSIM, keep the first ``keep`` images for the figures and write each
     reconstruction to ``recon_paths`` when given."""
     from ..viz import save_png, to_pil  # torchvision: imported only when needed
-    originals, recons, psnrs, ssims = [], [], [], []
+    originals, recons, quality = [], [], ReconstructionQuality()
     done = 0
     start = time.perf_counter()
     with tqdm(loader, desc="reconstruct", unit="batch", disable=None) as batches:
@@ -163,16 +157,15 @@ def _reconstruct_all(tok, loader: DataLoader, dtype: torch.dtype, device: torch.
             x_B3HW = x_B3HW.to(device)
             with tok.precision(dtype):
                 y_B3HW = tok.reconstruct(x_B3HW)
-            x01, y01 = _to_8bit_unit(x_B3HW), _to_8bit_unit(y_B3HW)
-            psnrs.append(psnr(x01, y01).cpu())
-            ssims.append(ssim(x01, y01).cpu())
+            x01, y01 = to_8bit(x_B3HW).cpu(), to_8bit(y_B3HW).cpu()
+            quality.add_8bit(y01, x01)
             if recon_paths is not None:
                 for path, img in zip(recon_paths[done:], y01):
                     save_png(to_pil(img), path)
             originals.append(x_B3HW[:max(0, keep - done)].cpu())
             recons.append(y01[:max(0, keep - done)].cpu())
             done += len(x_B3HW)
-    return _Results(torch.cat(psnrs), torch.cat(ssims), torch.cat(originals), torch.cat(recons),
+    return _Results(quality, torch.cat(originals), torch.cat(recons),
                     time.perf_counter() - start)
 
 
@@ -201,24 +194,24 @@ def _run(args) -> int:
     res = _reconstruct_all(tok, loader, dtype, device, keep=max(args.grid, args.progression),
                            recon_paths=_recon_paths(out, names) if args.save_images else None)
     if args.grid:
-        save_png(comparison_grid(_to_8bit_unit(res.originals_B3HW[:args.grid]), res.recons_B3HW[:args.grid]),
+        save_png(comparison_grid(to_8bit(res.originals_B3HW[:args.grid]), res.recons_B3HW[:args.grid]),
                  out / "grid.png")
     if args.progression:
         x_P3HW = res.originals_B3HW[:args.progression].to(device)
         with tok.precision(dtype):
             steps = tok.reconstruct_per_scale(x_P3HW)
         labels = ["input"] + [str(k) for k in range(1, len(steps) + 1)]
-        save_png(progression_grid(_to_8bit_unit(x_P3HW), [_to_8bit_unit(s) for s in steps], labels),
+        save_png(progression_grid(to_8bit(x_P3HW), [to_8bit(s) for s in steps], labels),
                  out / "progression.png")
-    _write_csv(out / "metrics.csv", names, res.psnr_N, res.ssim_N)
-    mean_psnr, mean_ssim = res.psnr_N.mean().item(), res.ssim_N.mean().item()
+    _write_csv(out / "metrics.csv", names, res.quality)
+    mean_psnr, mean_ssim = res.quality.psnr, res.quality.ssim
     _write_json(out / "metrics.json", {
         "tokenizer": str(args.tokenizer), "source": source, "count": len(names), "image_size": size,
         "v_patch_nums": list(tok.v_patch_nums), "dtype": args.dtype, "device": str(device),
         "seconds": round(res.seconds, 3), "metrics": METRICS_NOTE,
         "mean_psnr": _finite(mean_psnr), "mean_ssim": _finite(mean_ssim),
         "images": [{"name": n, "psnr": _finite(p), "ssim": _finite(s)}
-                   for n, p, s in zip(names, res.psnr_N.tolist(), res.ssim_N.tolist())],
+                   for n, p, s in zip(names, res.quality.psnr_N, res.quality.ssim_N)],
     })
     print(f"reconstructed {len(names)} images ({size} px, {args.dtype}, {device}) in {res.seconds:.2f} s "
           f"({len(names) / res.seconds:.1f} images/s): PSNR {mean_psnr:.2f} dB, SSIM {mean_ssim:.4f} -> {out}")

@@ -3,10 +3,10 @@
 Trains on DATA/train (ImageFolder layout: one folder per class; DATA itself when it has no train/ folder) with
 random horizontal flips, AdamW and a cosine learning-rate schedule after a short warmup, and reports the accuracy
 on DATA/val (same class names) after every epoch. Unreadable image files are skipped and listed at the end. The
-checkpoint (config.json with the class names, model.safetensors) is written to OUT at the end, each file
-atomically; use it as 'imagefolder evaluate --classifier OUT', or as the tokenizer's semantic teacher
+checkpoint (config.json with the class names, model.safetensors) is written to OUT after every epoch, each file
+atomically, beside the run's checkpoints/ and log.txt; use it as 'imagefolder evaluate --classifier OUT', or as the tokenizer's semantic teacher
 (semantic_guide: classifier, semantic_teacher: OUT). The work is done by
-imagefolder.eval.classifier_training.train_classifier.
+imagefolder.train.classifier_trainer.train_classifier (on the training engine).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="checkpoint folder (created if missing; a non-empty "
                    "one only with --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="write the classifier into a non-empty --out, "
-                   "replacing its config.json and model.safetensors")
+                   "replacing its config.json, model.safetensors and run files (checkpoints/, log.txt, ...)")
     p.add_argument("--preset", choices=tuple(CLASSIFIER_PRESETS), default="tiny",
                    help="network size: tiny = width 32 (128-d features), small = width 64 (256-d features)")
     p.add_argument("--image-size", type=int, default=32, metavar="PX",
@@ -44,7 +44,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..eval.classifier_training import train_classifier
+    from ..train.classifier_trainer import train_classifier
     _check(args)
     try:
         s = train_classifier(args.data, args.out, preset=args.preset, image_size=args.image_size, epochs=args.epochs,
@@ -67,9 +67,12 @@ def run(args) -> int:
 
 
 def _check(args) -> None:
-    from ._outputs import check_kind, check_output, checkpoint_kind
+    from ._outputs import check_kind, check_output, checkpoint_kind, remove_outputs
+    from ._training import RUN_ENTRIES
     out = check_kind(args.out, "folder", purpose="the classifier")
     check_output(out, args.overwrite, kind="folder", holds=checkpoint_kind(out))
+    if args.overwrite:  # the earlier classifier and its run files (a new run refuses another run's checkpoints)
+        remove_outputs(out, ("config.json", "model.safetensors", *RUN_ENTRIES))
     for name, low in (("epochs", 1), ("batch_size", 1), ("image_size", 8), ("workers", 0)):
         if getattr(args, name) < low:
             raise UsageError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(args, name)}")

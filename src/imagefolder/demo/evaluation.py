@@ -28,7 +28,10 @@ from tqdm import tqdm
 
 from ..data.folder import ImageFolderDataset, collate_skip_bad
 from ..data.images import ImageError
+from ..metrics.classes import accuracy_stderr, class_accuracy
+from ..metrics.codebook import CodeCounts
 from ..metrics.extractors import DomainExtractor
+from ..metrics.image_quality import ReconstructionQuality
 from ..models.generator import Generator
 from ..models.tokenizer import Tokenizer
 from . import DemoError, recipes
@@ -107,28 +110,22 @@ def prefix_samples(gen: Generator, x_N3HW: torch.Tensor, labels_N: torch.Tensor,
 
 @torch.no_grad()
 def reconstruct(tok: Tokenizer, x_N3HW: torch.Tensor, progress: bool) -> tuple[torch.Tensor, dict[str, float]]:
-    """Reconstructions (N, 3, H, W) in [0, 1], and PSNR / SSIM (means) and the finest-scale codebook usage
-    (share of each branch's codebook that the codes use, averaged over branches)."""
-    from ..metrics.image_quality import psnr, ssim
+    """Reconstructions (N, 3, H, W) in [0, 1], and their PSNR / SSIM (``metrics.ReconstructionQuality``) and the
+    finest-scale codebook usage (``metrics.codebook.CodeCounts``) of their codes."""
     device = next(tok.parameters()).device
     c = tok.config
-    hits_PV = torch.zeros(c.product_quant, c.codebook_size, dtype=torch.long)
-    recons, psnrs, ssims = [], [], []
+    counts, quality = CodeCounts(c.product_quant, c.num_scales, c.codebook_size), ReconstructionQuality()
+    recons = []
     with tqdm(total=len(x_N3HW), desc="reconstruct", unit="img", disable=None if progress else True) as bar:
         for start in range(0, len(x_N3HW), BATCH):
             x = x_N3HW[start:start + BATCH].to(device)
             codes = tok.encode(x)
-            recon01 = ((tok.decode(codes).float() + 1) / 2).cpu()
-            x01 = (x.cpu() + 1) / 2
-            for p in range(c.product_quant):
-                hits_PV[p] += torch.bincount(codes[p][-1].flatten().cpu(), minlength=c.codebook_size)
-            recons.append(recon01)
-            psnrs.append(psnr(recon01, x01))
-            ssims.append(ssim(recon01, x01) if min(x01.shape[-2:]) >= 11 else torch.full((len(x01),), math.nan))
+            recon = tok.decode(codes).float()
+            counts.add([[idx.cpu() for idx in branch] for branch in codes])
+            quality.add(recon.cpu(), x.cpu())
+            recons.append(((recon + 1) / 2).cpu())
             bar.update(len(x))
-    usage = float((hits_PV > 0).double().mean())
-    return torch.cat(recons), {"psnr": float(torch.cat(psnrs).mean()), "ssim": float(torch.cat(ssims).mean()),
-                               "usage_finest": usage}
+    return torch.cat(recons), {"psnr": quality.psnr, "ssim": quality.ssim, "usage_finest": counts.usage_finest()}
 
 
 def _branch_accuracies(probe: dict[str, Any], branches: int) -> tuple[str, float, float]:
@@ -145,17 +142,11 @@ def _judged(judge: DomainExtractor, x01_N3HW: torch.Tensor) -> tuple[torch.Tenso
     return torch.cat(feats).cpu(), torch.cat(logits).cpu()
 
 
-def _stderr(acc: float, n: int) -> float:
-    """Binomial standard error of an accuracy over n images."""
-    return math.sqrt(acc * (1 - acc) / n)
-
-
 def _judge_metrics(judge: DomainExtractor, samples: tuple[torch.Tensor, torch.Tensor],
                    val: tuple[torch.Tensor, torch.Tensor], recons_N3HW: torch.Tensor,
                    notes: list[str]) -> dict[str, float]:
     """The judge's class accuracy on samples, reconstructions and real images, and FID in its feature space of
     samples and of reconstructions against the real images. ``samples`` / ``val``: (images in [0, 1], labels)."""
-    from ..metrics.evaluation import class_accuracy
     from ..metrics.fid import FeatureStats
 
     def stats(feat_ND: torch.Tensor) -> FeatureStats:
@@ -169,7 +160,7 @@ def _judge_metrics(judge: DomainExtractor, samples: tuple[torch.Tensor, torch.Te
                                 ("val_class_accuracy", l_val, val[1])):
         acc = class_accuracy(logits, labels.numpy())
         metrics[key] = acc
-        metrics[f"{key}_stderr"] = _stderr(acc, len(labels))
+        metrics[f"{key}_stderr"] = accuracy_stderr(acc, len(labels))
         metrics[f"{key}_per_class"] = [class_accuracy(logits[labels == c], labels[labels == c].numpy())
                                        for c in range(logits.shape[1])]
     for key, feats in (("domain_fid", f_samples), ("reconstruction_domain_fid", f_recon)):
@@ -199,7 +190,7 @@ def evaluate(gen: Generator, judge_dir: Path, data_dir: Path, device: torch.devi
              notes: list[str]) -> tuple[dict[str, Any], EvalImages]:
     """All the demo's numbers for ``gen`` (and its tokenizer) on ``data_dir`` (train/ and val/), and the images
     for the report. Explanations of anything unusual go to ``notes``."""
-    from ..eval.probe import probe_tokenizer
+    from ..metrics.probe import probe_tokenizer
 
     tok = gen.tokenizer
     judge = DomainExtractor(judge_dir, device)
@@ -215,12 +206,11 @@ def evaluate(gen: Generator, judge_dir: Path, data_dir: Path, device: torch.devi
     metrics.update(tokenizer_val_psnr=quality["psnr"], tokenizer_val_ssim=quality["ssim"],
                    codebook_usage_finest=quality["usage_finest"])
 
-    from ..metrics.evaluation import class_accuracy
     spread = torch.linspace(0, len(val_x) - 1, min(recipes.PREFIX_IMAGES, len(val_x))).round().long()
     prefixed = prefix_samples(gen, val_x[spread], val_y[spread], range(1, len(gen.patch_nums)), progress)
     accs = {k: class_accuracy(_judged(judge, images)[1], val_y[spread].numpy()) for k, images in prefixed.items()}
     metrics.update(prefix_class_accuracy={str(k): a for k, a in accs.items()},
-                   prefix_class_accuracy_stderr={str(k): _stderr(a, len(spread)) for k, a in accs.items()},
+                   prefix_class_accuracy_stderr={str(k): accuracy_stderr(a, len(spread)) for k, a in accs.items()},
                    prefix_images=len(spread))
 
     probe = probe_tokenizer(tok, (train_x, train_y), (val_x, val_y), num_classes=len(classes), progress=progress)

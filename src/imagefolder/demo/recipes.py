@@ -3,7 +3,7 @@
 They live in the package (not in configs/) so ``imagefolder demo`` works from an installed package. Tokenizer and
 generator entries are keys of ``TokenizerTrainOptions`` / ``GeneratorTrainOptions`` and their model configs (the
 YAML keys of ``configs/tiny-tokenizer.yaml`` / ``configs/tiny-generator.yaml``); the classifier entries are
-arguments of ``eval.classifier_training.train_classifier``. The demo fills in the paths, the seed, the device
+arguments of ``train.classifier_trainer.train_classifier``. The demo fills in the paths, the seed, the device
 and the stopping rule (a time budget, or fixed step counts); ``epochs`` is the most a budgeted run may use.
 """
 from __future__ import annotations

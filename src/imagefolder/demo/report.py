@@ -30,8 +30,8 @@ METRICS: list[tuple[str, str, str]] = [
     ("domain_fid", ".2f", "FID between samples and validation images in the judge's feature space (lower is "
                           "better; 0 = the same statistics)"),
     ("reconstruction_domain_fid", ".2f", "the same between reconstructions and the validation images"),
-    ("tokenizer_val_psnr", ".2f", "PSNR in dB of the reconstructions against the validation images (higher is "
-                                  "better)"),
+    ("tokenizer_val_psnr", ".2f", "PSNR in dB of the reconstructions against the validation images, both as 8-bit "
+                                  "pictures (higher is better; what validation and evaluate report)"),
     ("tokenizer_val_ssim", ".3f", "SSIM of the same pairs (1 = identical)"),
     ("codebook_usage_finest", ".3f", "share of each branch's codebook that the validation images use at the finest "
                                      "scale (mean over branches; low = collapsed codebook)"),

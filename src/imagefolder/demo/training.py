@@ -154,7 +154,7 @@ def train_classifier_stage(stage: str, data_dir: Path, out_dir: Path, *, size: i
     """The judge (``stage`` "classifier", ``recipes.CLASSIFIER``, ``seed``) or the teacher ("teacher",
     ``recipes.TEACHER``, seed + ``recipes.TEACHER_SEED_OFFSET``): ``epochs`` fixed, or else the recipe's epochs
     within ``budget_minutes``. ``step`` numbers the announcement line (None: no line)."""
-    from ..eval.classifier_training import train_classifier
+    from ..train.classifier_trainer import train_classifier
     c, what = ((recipes.CLASSIFIER, "judge classifier") if stage == "classifier"
                else (recipes.TEACHER, "teacher classifier"))
     seed = seed if stage == "classifier" else seed + recipes.TEACHER_SEED_OFFSET

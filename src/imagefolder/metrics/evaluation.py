@@ -1,8 +1,8 @@
 """One pass of feature extractors over an image set, and the numbers ``imagefolder evaluate`` derives from it.
 
 ``extract`` reads a set once and runs every extractor on each batch; with ``originals`` (reconstruction mode) it
-also reads the paired originals, scores each pair (PSNR / SSIM on 8-bit RGB in [0, 1]) and extracts their
-features as the reference. ``space_metrics`` turns one feature space's results into FID, IS, precision / recall
+also reads the paired originals, scores each pair (``ReconstructionQuality``) and extracts their features as the
+reference. ``space_metrics`` turns one feature space's results into FID, IS, precision / recall
 and class accuracy, leaving out what the inputs cannot give.
 
 Glossary: ``N`` images, ``B`` batch, ``D`` feature size, ``K`` classes.
@@ -18,7 +18,8 @@ from tqdm import tqdm
 
 from .extractors import FeatureExtractor
 from .fid import FeatureStats, inception_score, precision_recall
-from .image_quality import psnr, ssim
+from .classes import class_accuracy
+from .image_quality import ReconstructionQuality
 from ..data.images import ImageError
 from .imagesets import ImageSet
 
@@ -38,8 +39,7 @@ class SpaceFeatures:
 class Extracted:
     samples: list[SpaceFeatures]                   # one per extractor, in the order given
     originals: list[SpaceFeatures] | None = None   # reconstruction mode: the paired originals
-    psnr_N: list[float] = field(default_factory=list)
-    ssim_N: list[float] = field(default_factory=list)
+    quality: ReconstructionQuality = field(default_factory=ReconstructionQuality)  # reconstruction mode
 
 
 def _to_B3HW(batch_BHW3: np.ndarray) -> torch.Tensor:
@@ -63,9 +63,7 @@ def extract(images: ImageSet, extractors: Sequence[FeatureExtractor], batch_size
                 if o_B3HW.shape != x_B3HW.shape:
                     raise ImageError(f"reconstructions are {tuple(x_B3HW.shape[-2:])} but originals "
                                      f"{tuple(o_B3HW.shape[-2:])} (H, W); give --image-size to crop the originals")
-                x01, o01 = x_B3HW.double() / 255, o_B3HW.double() / 255
-                out.psnr_N += psnr(x01, o01).tolist()
-                out.ssim_N += ssim(x01, o01).tolist()
+                out.quality.add_8bit(x_B3HW.double() / 255, o_B3HW.double() / 255)
             for i, ex in enumerate(extractors):
                 f, lg = ex.features_and_logits(x_B3HW)
                 feats[i].append(f.cpu())
@@ -79,11 +77,6 @@ def extract(images: ImageSet, extractors: Sequence[FeatureExtractor], batch_size
     if originals is not None:
         out.originals = [SpaceFeatures(torch.cat(f), torch.cat(lg)) for f, lg in zip(ofeats, ologits)]
     return out
-
-
-def class_accuracy(logits_NK: torch.Tensor, labels_N: np.ndarray) -> float:
-    """The fraction of images whose most likely class is their label."""
-    return (logits_NK.argmax(dim=1) == torch.as_tensor(labels_N)).double().mean().item()
 
 
 def space_metrics(samples: SpaceFeatures, extractor: FeatureExtractor, ref_stats: FeatureStats | None,

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..checkpoint import config_from, load_state_strict, read_config, read_weights, save_model
 from ..config import ConfigError
-from ..official import CheckpointError
+from ..errors import CheckpointError
 
 KIND = "classifier"
 

@@ -76,7 +76,7 @@ class MultiScaleQuantizer(nn.Module):
             self.embedding.weight.uniform_(-1.0 / codebook_size, 1.0 / codebook_size)
             if l2_norm:
                 self.embedding.weight.copy_(F.normalize(self.embedding.weight, dim=-1))
-        # exponential moving average of code hits per scale (codebook usage); kept for checkpoint compatibility
+        # exponential moving average of code hits per scale (metrics.codebook.recent_usage); in the official state dict
         self.register_buffer("ema_vocab_hit_SV", torch.zeros(len(self.v_patch_nums), codebook_size))
         self.usage_updates = 0
 
@@ -193,14 +193,6 @@ class MultiScaleQuantizer(nn.Module):
         momentum = 0.0 if self.usage_updates == 0 else (0.9 if self.usage_updates < 100 else 0.99)
         self.ema_vocab_hit_SV.mul_(momentum).add_(hits_KV.to(self.ema_vocab_hit_SV), alpha=1 - momentum)
         self.usage_updates += 1
-
-    @torch.no_grad()
-    def usage(self) -> list[float]:
-        """Per scale, the percentage of codes picked at least 8% as often as uniform use would pick them."""
-        total_K1 = self.ema_vocab_hit_SV.sum(dim=1, keepdim=True)
-        margin_K1 = total_K1 / self.codebook_size * 0.08
-        used = (self.ema_vocab_hit_SV >= margin_K1) & (total_K1 > 0)
-        return (used.float().mean(dim=1) * 100).tolist()
 
     # validation --------------------------------------------------------------------------------------------
     def _check_input(self, f_BChw: torch.Tensor) -> None:

@@ -35,7 +35,6 @@ def _identity(t: torch.Tensor) -> torch.Tensor:
 class TokenizerOutput:
     recon: torch.Tensor                                   # (B, 3, H, W), not clamped
     losses: dict[str, torch.Tensor]                       # "codebook", "commitment", "semantic" (when enabled)
-    usages: list[float]                                   # per scale: % of codes in use (mean over branches)
     n_keep: torch.Tensor                                  # (B,) scales kept per sample (quantizer dropout)
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -248,7 +247,7 @@ class Tokenizer(nn.Module):
         if n_keep is None:
             n_keep = self.sample_scale_dropout(B, x_B3HW.device) if self.training \
                 else torch.full((B,), self.config.num_scales, device=x_B3HW.device)
-        quant, outs, usages = [], [], []
+        quant, outs = [], []
         latents = self.encode_latents(x_B3HW)
         for q, f in zip(self.quantizes, latents):
             out = q(f, n_keep)
@@ -256,15 +255,13 @@ class Tokenizer(nn.Module):
             outs.append(out)
             if self.training:
                 q.update_usage(reduce_fn(out.hits_KV))
-            usages.append(q.usage())
         losses = {"codebook": sum(o.codebook_loss for o in outs) / len(outs),  # means over branches, as official
                   "commitment": sum(o.commit_loss for o in outs) / len(outs)}
         recon = self._decode_unclamped(torch.cat(quant, dim=1))
         if hasattr(self, "semantic_model"):
             n_skip = int(B * self.config.codebook_drop) if self.training else 0
             losses["semantic"] = self.semantic_loss(x_B3HW, self.semantic_student(latents, quant), n_skip, gather_fn)
-        usage = [sum(u) / len(u) for u in zip(*usages)]
-        return TokenizerOutput(recon=recon, losses=losses, usages=usage, n_keep=n_keep)
+        return TokenizerOutput(recon=recon, losses=losses, n_keep=n_keep)
 
     # validation ----------------------------------------------------------------------------------------------
     def _check_images(self, x: torch.Tensor) -> None:

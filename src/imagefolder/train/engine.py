@@ -1,5 +1,7 @@
-"""The training loop both stages share: data order, accumulation, mixed precision, non-finite guard, checkpoints,
-validation, progress, resumption. A stage subclasses ``Trainer`` and fills in the model-specific hooks.
+"""The training loop every stage shares (tokenizer, generator, classifier): data order, accumulation, mixed
+precision, non-finite guard, checkpoints, validation and the best model, progress, time budget, resumption. A stage
+subclasses ``Trainer`` and fills in the model-specific hooks. How a run stops is in ``control``, the validation
+data in ``validation``, the collectives in ``imagefolder.distributed``.
 
 One optimizer step consumes ``gradient_accumulation_steps`` micro-batches per process; the global batch is
 ``micro_batch * accumulation * world_size``. The position in the data (epoch, micro-batches consumed) and every
@@ -15,13 +17,11 @@ import contextlib
 import dataclasses
 import math
 import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -29,7 +29,8 @@ from tqdm import tqdm
 from ..checkpoint import TRAIN_FORMAT
 from ..data.folder import Batch, collate_skip_bad
 from ..data.images import printable
-from ..distributed import DistInfo, all_gather_object
+from ..distributed import DistInfo, all_gather_object, all_reduce_
+from .control import Interrupted, TrainingError, rng_preserved, stop_signals_noted
 from .logger import RunLogger
 from .optim import lr_factor, set_lr
 from .sampler import ResumableSampler
@@ -37,75 +38,6 @@ from .state import Checkpoints, load_train_state, remove_stale_temporaries, rng_
 
 # the share of a run's steps that may be skipped as non-finite before the run counts as failed
 MAX_NONFINITE_SHARE = 0.5
-
-
-class TrainingError(RuntimeError):
-    """A run cannot go on (e.g. it keeps producing non-finite losses); the message says why and what to change."""
-
-
-class Interrupted(TrainingError):
-    """SIGTERM / SIGINT arrived during training; a resumable checkpoint was written first. ``signame``, ``kind``
-    (what was trained), ``step`` and ``checkpoint`` let a caller that runs trainers as stages (demo, ablate) say
-    what continuing means there."""
-
-    def __init__(self, message: str, signum: int, *, kind: str = "model", step: int = 0,
-                 checkpoint: Path | None = None):
-        super().__init__(message)
-        self.signum, self.kind, self.step, self.checkpoint = signum, kind, step, checkpoint
-        self.signame = signal.Signals(signum).name if signum in iter(signal.Signals) else f"signal {signum}"
-
-
-@contextlib.contextmanager
-def rng_preserved():
-    """Run a block (e.g. building a model to export) without moving any random stream the training draws from."""
-    saved = rng_state()
-    try:
-        yield
-    finally:
-        set_rng_state(saved)
-
-
-@contextlib.contextmanager
-def stop_signals_noted(flag: dict):
-    """While training, SIGTERM and SIGINT only set ``flag['signum']``; the loop saves a checkpoint and stops.
-    A second signal of the same kind acts as usual (a stuck run can still be killed)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {}
-
-    def note(signum, frame):
-        if flag.get("signum") == signum:  # the second one: give up waiting for the step to end
-            signal.signal(signum, previous[signum])
-            signal.raise_signal(signum)
-            return
-        flag["signum"] = signum
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        previous[sig] = signal.signal(sig, note)
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _active() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def all_reduce_(t: torch.Tensor, op=None) -> torch.Tensor:
-    if _active():
-        dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
-    return t
-
-
-def gather_with_grad(t: torch.Tensor) -> torch.Tensor:
-    """All processes' ``t`` concatenated on dim 0, differentiable (the identity for one process)."""
-    if not _active():
-        return t
-    from torch.distributed.nn.functional import all_gather
-    return torch.cat(all_gather(t), dim=0)
 
 
 def _nonfinite_keys(tree: Any, prefix: str = "") -> list[str]:
@@ -119,19 +51,17 @@ def _nonfinite_keys(tree: Any, prefix: str = "") -> list[str]:
     return []
 
 
-def broadcast_buffers_(module: nn.Module) -> None:
-    """Copy rank 0's buffers (e.g. BatchNorm running statistics) to every process."""
-    if _active():
-        for b in module.buffers():
-            dist.broadcast(b, 0)
-
-
 class Trainer(abc.ABC):
     """Subclasses set ``kind`` and implement ``build``, ``train_step``, ``validate``, ``export`` and
     ``model_states`` / ``load_model_states``."""
 
     kind = "model"
     best_metric: tuple[str, bool] = ("loss", False)  # (validation metric, higher is better)
+
+    @property
+    def model_dir(self) -> Path:
+        """Where the latest model goes in the inference format (``export``); the best one goes to OUT/best."""
+        return self.out / "last"
 
     def __init__(self, opts, model_config, out_dir: str | Path, info: DistInfo, *, resume: str | Path | None = None,
                  show_progress: bool = True):
@@ -147,7 +77,8 @@ class Trainer(abc.ABC):
         self.micro_batch = opts.global_batch_size // (W * A)
         self.step = self.epoch = self.micro_in_epoch = 0
         self.nonfinite_total = self.nonfinite_run = 0
-        self.bad_files: list[str] = []
+        self.bad_files: list[str] = []          # unreadable training files, in the order met
+        self.val_bad_files: set[str] = set()    # unreadable validation files (validation.validation_batches)
         self.best_value: float | None = None
         self.history: list[dict[str, float]] = []
         self.ckpts = Checkpoints(self.out, opts.keep_checkpoints)
@@ -229,7 +160,7 @@ class Trainer(abc.ABC):
         max_norm = self.opts.max_grad_norm if self.opts.max_grad_norm > 0 else math.inf
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros(())
         ok = torch.tensor(float(torch.isfinite(norm)), device=self.device)
-        all_reduce_(ok, dist.ReduceOp.MIN if _active() else None)
+        all_reduce_(ok, "min")
         stepped = bool(ok.item() > 0)
         set_lr(optimizer, lr)
         if s:
@@ -320,7 +251,7 @@ class Trainer(abc.ABC):
         if self.info.is_main:
             self.ckpts.save(self.step, state)
             with rng_preserved():  # the state above is what a resumed run continues from: draw nothing after it
-                self.export(self.out / "last")
+                self.export(self.model_dir)
 
     def _resume(self) -> None:
         state = load_train_state(self.resume_path)
@@ -355,15 +286,6 @@ class Trainer(abc.ABC):
 
     def check_validation_data(self) -> None:
         """Hook: find validation-data problems (missing folder, foreign classes) before the first step."""
-
-    def note_unreadable_validation(self, root, bad: list, total: int) -> None:
-        """Log the validation files that could not be read; an error when none of the ``total`` picked could."""
-        for item in bad:
-            self.log.line(f"validation: skipped unreadable file {printable(item.path)}: {printable(item.reason)}")
-        if total and len(bad) >= total:
-            example = f" (e.g. {printable(bad[0].path)}: {printable(bad[0].reason)})" if bad else ""
-            raise TrainingError(f"validation set {printable(str(root))}: none of the {total} images could be read"
-                                f"{example}; fix the files, point val_data_path elsewhere, or set val_every 0")
 
     def _validate_and_keep_best(self) -> dict[str, float]:
         metrics = self.validate()
@@ -416,17 +338,17 @@ class Trainer(abc.ABC):
         self._t_start, self._images, self._logs = t0, 0, {}
         start_step = self.step
         batches = self._micro_batches(loader, sampler, dataset)
-        stop = {}
+        stop, self.stopped_by_budget = {}, False
         with stop_signals_noted(stop):
             while self.step < self.total_steps:
                 signum = float(stop.get("signum", 0))
                 over = 1.0 if self.opts.time_budget_minutes and self.budget_share() >= 1.0 else 0.0
-                flags = all_reduce_(torch.tensor([signum, over], device=self.device),
-                                    dist.ReduceOp.MAX if _active() else None)  # every process stops together
+                flags = all_reduce_(torch.tensor([signum, over], device=self.device), "max")  # all stop together
                 if flags[0] > 0:
                     self._stop_for_signal(int(flags[0]), bar)
                 if flags[1] > 0:
                     self.log.line(f"time budget of {self.opts.time_budget_minutes} min reached at step {self.step}")
+                    self.stopped_by_budget = True
                     break
                 if self._one_step(batches, bar):
                     break
@@ -437,6 +359,7 @@ class Trainer(abc.ABC):
         self._save()
         summary = {"steps": self.step, "seconds": seconds, "images_per_s": self._images / max(seconds, 1e-9),
                    "nonfinite_skipped": self.nonfinite_total, "bad_files": len(self.bad_files),
+                   "stopped_by_budget": self.stopped_by_budget,
                    "last_train": self._logs, "last_val": last_val, "out": str(self.out),
                    "best": str(self.out / "best") if (self.out / "best" / "config.json").is_file() else None}
         self.log.line(f"done: {summary}")
@@ -444,7 +367,7 @@ class Trainer(abc.ABC):
         ran = self.step - start_step
         if ran and self.nonfinite_total > MAX_NONFINITE_SHARE * self.step:
             raise TrainingError(f"{self.nonfinite_total} of {self.step} steps were skipped as non-finite, so the "
-                                f"model in {printable(str(self.out / 'last'))} is barely trained; lower lr, set "
+                                f"model in {printable(str(self.model_dir))} is barely trained; lower lr, set "
                                 "max_grad_norm, or use mixed_precision none/bf16")
         return summary
 

@@ -27,17 +27,19 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import Dataset
 
-from ..config import ConfigError, GeneratorConfig
-from ..data.folder import BadItem, Batch, ImageFolderDataset, find_classes, split_dir
+from ..config import ConfigError, GeneratorConfig, generator_model_config
+from ..data.folder import Batch, ImageFolderDataset, find_classes, split_dir
 from ..data.fresh import FreshPictures
 from ..checkpoint import save_model
+from ..distributed import all_reduce_
 from ..loading import _tokenizer_config, load_generator, load_tokenizer
 from ..models.generator import Generator, scale_levels
-from .engine import Trainer, TrainingError, all_reduce_
+from .control import TrainingError
+from .engine import Trainer
 from .optim import EMA, adamw, param_groups
-from .options import generator_model_config
 from .pretokenize import (CodesDataset, check_cache_tokenizer, codes_BPL, read_cache_meta, split_codes,
                           tokenizer_fingerprint)
+from .validation import validation_batches, validation_set
 
 _TOKENIZER_KEYS = "tokenizer."
 
@@ -127,16 +129,7 @@ class GeneratorTrainer(Trainer):
     def _val_dataset(self) -> ImageFolderDataset | None:
         """The validation set, scanned once (at the start when validation is on) and kept; None when none."""
         if not hasattr(self, "_val"):
-            root = self.opts.val_data_path
-            if root is None:
-                if not self.opts.data_path or not (Path(self.opts.data_path) / "val").is_dir():
-                    self._val = None
-                    return None
-                root = str(Path(self.opts.data_path) / "val")
-            elif not Path(root).is_dir():
-                raise FileNotFoundError(f"val_data_path {root}: no such folder (give the validation images' folder, "
-                                        "or leave val_data_path unset and set val_every 0)")
-            self._val = ImageFolderDataset(root, self.model_config.tokenizer.image_size, classes=self.classes)
+            self._val = validation_set(self.opts, self.model_config.tokenizer.image_size, self.classes)
         return self._val
 
     def check_validation_data(self) -> None:
@@ -217,31 +210,20 @@ class GeneratorTrainer(Trainer):
         if val is None:
             return {}
         dev, pn = self.device, self.model_config.patch_nums
-        n = min(len(val), self.opts.val_max_images)
-        picks = torch.linspace(0, len(val) - 1, n).round().long().tolist() if n < len(val) else list(range(n))
-        mine = picks[self.info.rank::self.info.world_size]
         level_L = scale_levels(pn, dev)[0]
         K, P = len(pn), self.gen.P
         stats = torch.zeros(2 + K, device=dev)  # loss sum, images, correct codes per scale
-        unreadable: list[BadItem] = []
-        for start in range(0, len(mine), self.micro_batch):
-            items = [val[i] for i in mine[start:start + self.micro_batch]]
-            unreadable += [it for it in items if isinstance(it, BadItem)]
-            items = [it for it in items if not isinstance(it, BadItem)]
-            if not items:
-                continue
-            labels = torch.tensor([it[1] for it in items], device=dev)
-            codes_BPL_, x_in = self._codes(torch.stack([it[0] for it in items]))
+        for x, labels in validation_batches(self, val):
+            codes_BPL_, x_in = self._codes(x)
             target_BLP = codes_BPL_.transpose(1, 2)
             with self.autocast():
-                logits = self._logits_BLPV(gen, labels, x_in).float()
+                logits = self._logits_BLPV(gen, labels.to(dev), x_in).float()
             stats[0] += F.cross_entropy(logits.reshape(-1, gen.V), target_BLP.reshape(-1), reduction="sum")
-            stats[1] += len(items)
+            stats[1] += len(labels)
             correct_L = (logits.argmax(-1) == target_BLP).float().sum(dim=(0, 2))
             stats[2:] += torch.zeros(K, device=dev).index_add_(0, level_L, correct_L)
         all_reduce_(stats)
         images = float(stats[1])
-        self.note_unreadable_validation(val.root, unreadable, len(mine) if images == 0 else 0)
         if images == 0:
             return {}
         per_scale = torch.tensor([pn_ * pn_ for pn_ in pn], device=dev) * P * images

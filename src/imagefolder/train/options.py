@@ -15,7 +15,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
-from ..config import VQ_MODEL_CH_MULT, ConfigError, GeneratorConfig, TokenizerConfig
+from ..config import VQ_MODEL_CH_MULT, ConfigError, GeneratorConfig, TokenizerConfig, tokenizer_model_config
 
 
 def normalise_key(key: str) -> str:
@@ -185,23 +185,6 @@ class CommonOptions:
         need(self.max_nonfinite >= 1, "max_nonfinite must be >= 1")
 
 
-def _model_config(model_cls, preset_fn, preset: str, model_vals: dict[str, Any]):
-    try:
-        return preset_fn(preset, **model_vals) if preset else model_cls(**model_vals)
-    except TypeError as e:
-        raise ConfigError(f"model configuration: {e}") from None
-
-
-def tokenizer_model_config(preset: str, model_vals: dict[str, Any]) -> TokenizerConfig:
-    from ..config import tokenizer_preset
-    return _model_config(TokenizerConfig, tokenizer_preset, preset, model_vals)
-
-
-def generator_model_config(preset: str, model_vals: dict[str, Any]) -> GeneratorConfig:
-    from ..config import generator_preset
-    return _model_config(GeneratorConfig, generator_preset, preset, model_vals)
-
-
 # tokenizer training ----------------------------------------------------------------------------------------------
 TOKENIZER_ACCEPTED_ONLY: dict[str, tuple] = {
     "vq_model": ("VQ-16", "VQ-8"),
@@ -341,6 +324,25 @@ class GeneratorTrainOptions(CommonOptions):
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.val_samples < 0 or self.sample_top_k < 0 or not 0.0 <= self.sample_top_p <= 1.0:
             raise ConfigError("val_samples and sample_top_k must be >= 0 and sample_top_p in [0, 1]")
+
+
+# classifier training -------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class ClassifierTrainOptions(CommonOptions):
+    """The domain classifier (``train_classifier``): AdamW with weight decay on every parameter, no clipping, no
+    EMA, a short linear warm-up, then cosine decay to 0; the final model only (``save_best`` off)."""
+
+    model_preset: str = "tiny"           # CLASSIFIER_PRESETS
+    epochs: int = 6
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    beta2: float = 0.999
+    max_grad_norm: float = 0.0
+    ema: bool = False
+    num_workers: int = 0
+    keep_checkpoints: int = 1
+    save_best: bool = False
+    tensorboard: bool = False
 
 
 def load_options(cls, accepted_only: dict[str, tuple], config_path: str | Path | None, overrides: dict[str, Any]):

@@ -37,7 +37,7 @@ from ..config import TokenizerConfig
 from ..data.folder import BadItem, ImageFolderDataset, collate_skip_bad, flip_decision
 from ..data.images import ImageError, printable
 from ..models.tokenizer import Codes, Tokenizer
-from .engine import TrainingError
+from .control import TrainingError
 
 CACHE_FORMAT, CACHE_VERSION = "imagefolder-codes", 1
 _NUMPY_DTYPES = {"I16": np.int16, "I32": np.int32, "I64": np.int64, "U8": np.uint8}

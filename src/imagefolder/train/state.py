@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import atomic_write
-from ..official import CheckpointError
+from ..errors import CheckpointError
 
 _NAME = re.compile(r"^step-(\d{8,})\.pt$")
 

@@ -4,8 +4,9 @@ One step: the tokenizer's micro-batches forward/backward (quantizer dropout, sem
 global batch), one AdamW step, the EMA update; then, once the discriminator has started, the discriminator's
 micro-batches on the detached reconstructions (DiffAugment, optional fading blur, LeCam) and its AdamW step.
 
-Validation (EMA weights when ``ema``): PSNR, SSIM, codebook usage per branch and scale (share of the codebook used
-over the validation images), optional rFID, and a per-scale reconstruction grid for TensorBoard.
+Validation (EMA weights when ``ema``): PSNR and SSIM (``metrics.ReconstructionQuality``), codebook usage per branch
+and scale (``metrics.codebook.CodeCounts``), optional rFID, and a per-scale reconstruction grid for TensorBoard.
+Training logs the authors' running usage statistic as ``recent_usage_finest`` (``metrics.codebook.recent_usage``).
 
 Glossary: ``B`` micro-batch, ``P`` branches, ``K`` scales, ``V`` codebook size.
 """
@@ -22,12 +23,16 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torchvision.transforms.functional import gaussian_blur
 
 from ..checkpoint import save_model
-from ..data.folder import BadItem, ImageFolderDataset, split_dir
+from ..data.folder import ImageFolderDataset, split_dir
 from ..data.fresh import FreshPictures
+from ..distributed import all_gather_object, all_reduce_, broadcast_buffers_, gather_with_grad
 from ..losses import LeCam, adaptive_weight, build_discriminator, build_perceptual, d_loss, diff_augment, g_loss
-from ..metrics.image_quality import psnr, ssim
+from ..metrics.codebook import CodeCounts, recent_usage
+from ..metrics.image_quality import ReconstructionQuality, to_uint8
 from ..models.tokenizer import Tokenizer
-from .engine import Trainer, TrainingError, all_reduce_, broadcast_buffers_, gather_with_grad
+from .control import TrainingError
+from .engine import Trainer
+from .validation import validation_batches, validation_set
 from .optim import EMA, adamw, param_groups
 from .tuning import apply_tuning, merged_state_dict
 
@@ -64,20 +69,8 @@ class TokenizerTrainer(Trainer):
     def _val_dataset(self) -> ImageFolderDataset | None:
         """The validation set, scanned at the first validation and kept (None when there is none)."""
         if not hasattr(self, "_val"):
-            self._val = self._find_val_dataset()
+            self._val = validation_set(self.opts, self.model_config.image_size, self.train_set.classes)
         return self._val
-
-    def _find_val_dataset(self) -> ImageFolderDataset | None:
-        root = self.opts.val_data_path
-        if root is None:
-            candidate = Path(self.opts.data_path) / "val"
-            if not candidate.is_dir():
-                return None
-            root = str(candidate)
-        elif not Path(root).is_dir():
-            raise FileNotFoundError(f"val_data_path {root}: no such folder (give the validation images' folder, or "
-                                    "leave val_data_path unset and set val_every 0)")
-        return ImageFolderDataset(root, self.model_config.image_size, classes=self.train_set.classes)
 
     def check_validation_data(self) -> None:
         self._val_dataset()  # scanned now: a missing folder or foreign class folders stop the run before step 1
@@ -208,8 +201,8 @@ class TokenizerTrainer(Trainer):
             add("vq", vq)
             if "semantic" in out.losses:
                 add("semantic", out.losses["semantic"])
-        if out.usages:
-            sums["usage_finest"] = float(out.usages[-1]) / 100  # a share, like the validation usage
+        sums["recent_usage_finest"] = float(sum(recent_usage(q.ema_vocab_hit_SV)[-1] for q in self.tok.quantizes)
+                                            / len(self.tok.quantizes))
         lr = self.lr_now(o.lr)
         stepped, gnorm = self.optimizer_step("tokenizer", self.opt, self.params, lr)
         self.note_nonfinite(stepped, "tokenizer loss or gradients")
@@ -281,52 +274,32 @@ class TokenizerTrainer(Trainer):
         if val is None:
             return {}
         tok, dev, c = self._eval_model(), self.device, self.model_config
-        n = min(len(val), self.opts.val_max_images)
-        picks = torch.linspace(0, len(val) - 1, n).round().long().tolist() if n < len(val) else list(range(n))
-        mine = picks[self.info.rank::self.info.world_size]
-        K, P, V = c.num_scales, c.product_quant, c.codebook_size
-        hist = torch.zeros(P, K, V, device=dev)
-        stats = torch.zeros(3, device=dev)  # psnr sum, ssim sum, count
+        counts, quality = CodeCounts(c.product_quant, c.num_scales, c.codebook_size, dev), ReconstructionQuality()
         if self._rfid is None and self.opts.rfid_features != "none":
             self._rfid = self._rfid_extractor() or False
-        reals, fakes, grid, unreadable = [], [], None, []
-        bs = self.micro_batch
-        for start in range(0, len(mine), bs):
-            items = [val[i] for i in mine[start:start + bs]]
-            unreadable += [it for it in items if isinstance(it, BadItem)]
-            items = [it for it in items if not isinstance(it, BadItem)]
-            if not items:
-                continue
-            x = torch.stack([it[0] for it in items]).to(dev)
+        reals, fakes, grid = [], [], None
+        for x, _ in validation_batches(self, val):
+            x = x.to(dev)
             with self.autocast():
                 codes = tok.encode(x)
                 recon = tok.decode(codes).float()
-            for p in range(P):
-                for si in range(K):
-                    hist[p, si] += torch.bincount(codes[p][si].flatten(), minlength=V).float()
-            stats += torch.stack([psnr((recon + 1) / 2, (x + 1) / 2).sum(), ssim((recon + 1) / 2, (x + 1) / 2).sum(),
-                                  torch.tensor(float(x.shape[0]), device=dev)])
+            counts.add(codes)
+            quality.add(recon, x)
             if self._rfid:
-                to_u8 = lambda t: ((t.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # noqa: E731
-                reals.append(self._rfid.features_and_logits(to_u8(x))[0].double().cpu())
-                fakes.append(self._rfid.features_and_logits(to_u8(recon))[0].double().cpu())
+                reals.append(self._rfid.features_and_logits(to_uint8(x))[0].double().cpu())
+                fakes.append(self._rfid.features_and_logits(to_uint8(recon))[0].double().cpu())
             if grid is None and self.info.is_main:
                 grid = (x[:8], [r.float() for r in tok.reconstruct_per_scale(x[:8])])
-        all_reduce_(hist)
-        all_reduce_(stats)
-        if float(stats[2]) == 0:
-            self.note_unreadable_validation(val.root, unreadable, len(mine))
-        else:
-            self.note_unreadable_validation(val.root, unreadable, 0)
-        count = max(float(stats[2]), 1.0)
-        used = (hist > 0).float().mean(dim=-1)  # (P, K)
-        metrics = {"psnr": float(stats[0]) / count, "ssim": float(stats[1]) / count,
-                   "usage": float(used[:, -1].mean())}
-        for p in range(P):
-            for si in range(K):
+        all_reduce_(counts.hits_PKV)
+        everyone = ReconstructionQuality()
+        for part in all_gather_object(quality):  # every process's images (the means do not depend on the order)
+            everyone.extend(part)
+        used = counts.usage()  # (P, K)
+        metrics = {"psnr": everyone.psnr, "ssim": everyone.ssim, "usage": counts.usage_finest()}
+        for p in range(c.product_quant):
+            for si in range(c.num_scales):
                 metrics[f"usage_b{p}_s{si}"] = float(used[p, si])
         if self._rfid:
-            from ..distributed import all_gather_object
             from ..metrics.fid import FeatureStats
             parts = all_gather_object((torch.cat(reals) if reals else None, torch.cat(fakes) if fakes else None))
             real = torch.cat([r for r, _ in parts if r is not None])

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from ..data.folder import Batch
 from ..data.images import ImageError
 from ..models.tokenizer import Tokenizer
+from .classes import class_accuracy
 
 POOLS = ("mean", "flatten")
 ProbeData = tuple[torch.Tensor, torch.Tensor] | Iterable  # (images (N, 3, H, W) in [-1, 1], labels (N,)) or batches
@@ -128,7 +129,7 @@ def fit_linear_probe(x_NF: torch.Tensor, y_N: torch.Tensor, num_classes: int, *,
 
 
 def _accuracy(head: nn.Linear, x_NF: torch.Tensor, y_N: torch.Tensor) -> float:
-    return (head(x_NF).argmax(dim=1) == y_N).double().mean().item()
+    return class_accuracy(head(x_NF), y_N)
 
 
 def probe_features(train: Features, val: Features, num_classes: int, *, max_iter: int = 100,
