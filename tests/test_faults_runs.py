@@ -100,18 +100,9 @@ def test_resume_from_a_checkpoint_taken_mid_run_is_bit_identical(data, tmp_path)
 def test_a_signal_saves_a_resumable_checkpoint_and_exits_cleanly(data, tmp_path, sig):
     out = tmp_path / "run"
     cfg = _cfg(tmp_path, data, epochs=100000, ckpt_every=100000)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "imagefolder", "train-tokenizer", "--config", cfg, "--out",
-                             str(out), "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env)
-    try:
-        metrics = out / "metrics.jsonl"  # wait until it has made a few steps
-        _wait_for(proc, lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2, seconds=180)
-        proc.send_signal(sig)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    proc = _popen(["train-tokenizer", "--config", cfg, "--out", str(out), "--no-progress"], subprocess.PIPE)
+    metrics = out / "metrics.jsonl"  # stopped once it has made a few steps
+    err = _stop_when(proc, lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2, sig, seconds=180)
     assert proc.returncode == 128 + sig, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and f"stopped by {signal.Signals(sig).name}" in lines[0] and "--resume auto" in lines[0]
@@ -196,19 +187,26 @@ def _wait_for(proc, ready, seconds=240) -> None:
     assert ready(), "the process did not get there in time"
 
 
+def _stop_when(proc, ready, sig, settle=0.0, seconds=240) -> str:
+    """Wait until ``ready()``, then ``settle`` seconds more, send ``sig``, wait for the exit; the process's stderr."""
+    try:
+        _wait_for(proc, ready, seconds)
+        time.sleep(settle)
+        proc.send_signal(sig)
+        return proc.communicate(timeout=120)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def test_demo_stopped_by_sigterm_while_training_exits_like_the_trainer(tmp_path):
     out = tmp_path / "demo"
     proc = _popen(["demo", "--train", "--quick", "--classifier-epochs", "1", "--teacher-epochs", "1",
                    "--tokenizer-steps", "100000", "--generator-steps", "1", "--device", "cpu", "--no-progress",
                    "--out", str(out)], subprocess.DEVNULL)
     metrics = out / "tokenizer" / "metrics.jsonl"
-    try:
-        _wait_for(proc, lambda: metrics.exists() and metrics.read_text().strip() != "")  # inside the training loop
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    err = _stop_when(proc, lambda: metrics.exists() and metrics.read_text().strip() != "",  # inside the training loop
+                     signal.SIGTERM)
     assert proc.returncode == 128 + signal.SIGTERM, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "stopped by SIGTERM while training the tokenizer at step" in lines[0], err
@@ -224,14 +222,7 @@ def test_ablate_stopped_outside_a_trainer_exits_with_128_plus_the_signal(tmp_pat
     with open(log, "w") as stdout:
         proc = _popen(["ablate", "--rows", "1", "--tokenizer-steps", "1", "--generator-steps", "1", "--device", "cpu",
                        "--no-progress", "--out", str(out)], stdout)
-        try:
-            _wait_for(proc, lambda: "[shared]" in log.read_text())
-            time.sleep(1.0)
-            proc.send_signal(sig)
-            _, err = proc.communicate(timeout=120)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+        err = _stop_when(proc, lambda: "[shared]" in log.read_text(), sig, settle=1.0)
     assert proc.returncode == 128 + sig, err
     assert err.strip().splitlines() == [f"imagefolder ablate: stopped by {signal.Signals(sig).name}"]
     assert not [p for p in out.rglob("*.tmp")]
