@@ -15,7 +15,7 @@ from imagefolder.data.builtin import write_builtin_images
 from imagefolder.data.folder import collate_skip_bad
 from imagefolder.distributed import DistInfo
 from imagefolder.loading import save_tokenizer
-from imagefolder.train.engine import TrainingError
+from imagefolder.train.engine import Schedule, TrainingError
 from imagefolder.train.generator_trainer import GeneratorTrainer
 from imagefolder.train.options import GENERATOR_ACCEPTED_ONLY, GeneratorTrainOptions, load_options
 from imagefolder.train.state import Checkpoints, load_train_state
@@ -128,8 +128,8 @@ def test_loss_layout_and_label_smoothing(env, tmp_path):
         trainer = GeneratorTrainer(opts, model, tmp_path / f"ls{eps}", DistInfo(0, 1, 0, torch.device("cpu")))
         data = trainer.train_dataset()
         torch.manual_seed(0)
-        trainer.build()
-        trainer.schedule_steps, trainer.warmup_steps = 10, 0
+        trainer.schedule = Schedule(steps_per_epoch=10, schedule_steps=10, total_steps=10, warmup_steps=0)
+        trainer.build(trainer.schedule)
         batch = collate_skip_bad([data[i] for i in range(4)])
         gen, tok, V, P = trainer.gen, trainer.tok, trainer.gen.V, trainer.gen.P
         codes = tok.encode(batch.images)
