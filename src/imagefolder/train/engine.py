@@ -216,11 +216,13 @@ class Trainer(abc.ABC):
 
     # the loop ------------------------------------------------------------------------------------------------------
     def _loader(self, dataset: Dataset) -> tuple[DataLoader, ResumableSampler]:
+        """Batches of ``dataset`` by its own ``collate`` when it has one (codes), else ``collate_skip_bad``."""
         sampler = ResumableSampler(len(dataset), rank=self.info.rank, world_size=self.info.world_size,
                                    seed=self.opts.global_seed, shuffle=True)
         g = torch.Generator().manual_seed(self.opts.global_seed)  # worker seeds drawn here, not from the global RNG
         loader = DataLoader(dataset, batch_size=self.micro_batch, sampler=sampler, drop_last=True,
-                            num_workers=self.opts.num_workers, collate_fn=collate_skip_bad, generator=g,
+                            num_workers=self.opts.num_workers, collate_fn=getattr(dataset, "collate", collate_skip_bad),
+                            generator=g,
                             pin_memory=self.device.type == "cuda", persistent_workers=False)
         return loader, sampler
 
@@ -240,9 +242,9 @@ class Trainer(abc.ABC):
                     for item in batch.bad:
                         self.bad_files.append(item.path)
                         self.log.line(f"skipped unreadable file {printable(item.path)}: {printable(item.reason)}")
-                if batch.images.numel():
+                if len(batch):
                     group.append(batch)
-                    readable += batch.images.shape[0]
+                    readable += len(batch)
                 if self.micro_in_epoch % A == 0:
                     if group:
                         yield group
@@ -399,7 +401,7 @@ class Trainer(abc.ABC):
         """One optimizer step, its logging, validation and checkpoint; True when the run has reached its end."""
         micro = next(batches)
         self._logs = logs = self.train_step(micro)
-        self._images += sum(b.images.shape[0] for b in micro) * self.info.world_size
+        self._images += sum(len(b) for b in micro) * self.info.world_size
         self.step += 1
         bar.update(1)
         bar.set_postfix({k: f"{v:.3g}" for k, v in list(logs.items())[:4]}, refresh=False)

@@ -111,10 +111,18 @@ class GeneratorTrainer(Trainer):
 
     # one step ----------------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def _codes(self, images_or_codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(codes (B, P, L) int64, teacher-forcing input) of images (B, 3, H, W) or of cached codes (B, P, L)."""
-        x = images_or_codes.to(self.device, non_blocking=True)
-        codes = codes_BPL(self.tok.encode(x)) if x.is_floating_point() else x.long()
+    def _codes(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(codes (B, P, L) int64, teacher-forcing input) of a batch: its cached codes, or its pictures encoded."""
+        if batch.codes is not None:
+            return self._teacher_forcing(batch.codes.to(self.device, non_blocking=True).long())
+        return self._encode(batch.images)
+
+    @torch.no_grad()
+    def _encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``_codes`` of pictures (B, 3, H, W) in [-1, 1], tokenized by the frozen tokenizer."""
+        return self._teacher_forcing(codes_BPL(self.tok.encode(images.to(self.device, non_blocking=True))))
+
+    def _teacher_forcing(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return codes, self.tok.var_input(split_codes(codes, self.model_config.patch_nums))
 
     def _logits_BLPV(self, model, labels_B: torch.Tensor, x_in: torch.Tensor) -> torch.Tensor:
@@ -127,7 +135,7 @@ class GeneratorTrainer(Trainer):
         self.module.train()
         sums = {"loss": 0.0, "acc": 0.0}
         for i, batch in enumerate(micro):
-            codes_BPL_, x_in = self._codes(batch.images)  # from the cache, Batch.images holds codes (B, P, L)
+            codes_BPL_, x_in = self._codes(batch)
             target_BLP = codes_BPL_.transpose(1, 2)
             labels = batch.labels.to(self.device, non_blocking=True)
             with self.no_sync(self.module, i == len(micro) - 1), self.autocast():
@@ -163,7 +171,7 @@ class GeneratorTrainer(Trainer):
         K, P = len(pn), self.gen.P
         stats = torch.zeros(2 + K, device=dev)  # loss sum, images, correct codes per scale
         for x, labels in validation_batches(self, val):
-            codes_BPL_, x_in = self._codes(x)
+            codes_BPL_, x_in = self._encode(x)
             target_BLP = codes_BPL_.transpose(1, 2)
             with self.autocast():
                 logits = self._logits_BLPV(gen, labels.to(dev), x_in).float()
