@@ -325,7 +325,7 @@ class Generator(nn.Module):
                  dtype: torch.dtype = torch.float32, return_codes: bool = False, prefix: Codes | None = None,
                  more_smooth: bool = False, temperature: float = 1.0, source: Codes | None = None,
                  keep_mask: torch.Tensor | None = None):
-        """Class-conditional samples (B, 3, H, W) in [0, 1].
+        """Class-conditional samples (B, 3, H, W) in [-1, 1] (float32), the range ``Tokenizer.decode`` returns.
 
         ``seed`` with ``indices`` (global image numbers, default 0..B-1) fixes each image independently of the
         batch it is sampled in. ``dtype`` bfloat16/float16 runs under autocast; float32 is exact.
@@ -394,8 +394,7 @@ class Generator(nn.Module):
 
         with self._autocast(dtype):
             f_hat = self._scale_by_scale(labels_B, choose, cfg, cfg_schedule)
-            img = self.tokenizer.fhat_to_img(f_hat)
-        img = img.float().add(1).mul(0.5)
+            img = self.tokenizer.fhat_to_img(f_hat).float()
         return (img, codes) if return_codes else img
 
     @torch.no_grad()
