@@ -105,6 +105,20 @@ def test_resume_continues_bit_identically(env, tmp_path):
             load(Checkpoints(tmp_path / "split").latest())
 
 
+def test_options_and_model_config_are_resolved_once_and_frozen(env):
+    import dataclasses
+    over = {"tokenizer": str(env / "tok"), "data_path": str(env / "data"), "model_preset": "tiny", "tblr": 1e-4,
+            "global_batch_size": 512, "epochs": 100}
+    opts, model = load_options(GeneratorTrainOptions, GENERATOR_ACCEPTED_ONLY, None, over)
+    assert opts.lr == pytest.approx(2e-4) and opts.warmup_epochs == 2.0  # derived at construction, not by check()
+    opts.check()
+    assert opts.lr == pytest.approx(2e-4)
+    for obj, field in ((opts, "lr"), (model, "depth"), (model.tokenizer, "codebook_size")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(obj, field, 1)
+    assert GeneratorTrainOptions(**dataclasses.asdict(opts)) == opts  # the logged options rebuild the same run
+
+
 def test_num_classes_defaults_to_the_data(env, tmp_path):
     write_builtin_images(tmp_path / "three", 3, 64)  # classes circle, square, triangle
     over = {"tokenizer": str(env / "tok"), "data_path": str(tmp_path / "three"), "model_preset": "d16"}

@@ -77,13 +77,15 @@ def load_tokenizer(spec: TokenizerSpec, *, config: TokenizerConfig | None = None
 def _tokenizer_of_generator(path: Path, cfg: GeneratorConfig, config: TokenizerConfig | None = None) -> Tokenizer:
     """The tokenizer of one of our generator directories (its ``tokenizer/`` folder, or inside an older file)."""
     sub = path / ours.TOKENIZER_DIR if path.is_dir() else path.parent / ours.TOKENIZER_DIR
+    where = path
     if ours.is_our_checkpoint(sub):
         own = ours.config_from(TokenizerConfig, ours.read_config(sub), sub)
         if own != cfg.tokenizer:
             raise CheckpointError(f"{sub}: the tokenizer's configuration differs from the one its generator's "
                                   f"{ours.CONFIG_NAME} names")
+        where = sub
     model = _empty(Tokenizer, config or cfg.tokenizer)
-    ours.load_state_strict(model, ours.generator_weights(path, "tokenizer"), str(sub))
+    ours.load_state_strict(model, ours.generator_weights(path, "tokenizer"), str(where))
     return model.eval()
 
 
