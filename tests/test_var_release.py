@@ -149,7 +149,7 @@ def test_our_sampler_runs_on_the_release_seeded_per_image(gen):
     assert [c.shape for c in codes[0]] == [(2, 1), (2, 4), (2, 9), (2, 16)]
     assert torch.equal(gen.generate(labels, **kw), img)
     alone = gen.generate(labels[1:], indices=[1], **kw)
-    assert maxdiff(alone[0], img[1]) < 1e-5
+    assert maxdiff(alone[0], img[1]) < 2e-5  # 1e-5 of the [0, 1] range
 
 
 # --- more_smooth ---------------------------------------------------------------------------------------------------
