@@ -48,7 +48,7 @@ def naive_generate(gen: imf.Generator, labels: torch.Tensor, seed: int) -> tuple
             emb = gen.word_embed(down.flatten(2).transpose(1, 2)) + lvl_pos[:, end:end + nxt * nxt]
             inputs.append(emb.repeat(2, 1, 1))
         start = end
-    return gen.tokenizer.fhat_to_img(f_hat).add(1).mul(0.5), codes
+    return gen.tokenizer.fhat_to_img(f_hat), codes  # [-1, 1], as generate
 
 
 def main() -> None:

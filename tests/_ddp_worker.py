@@ -22,8 +22,8 @@ opts, model = load_options(TokenizerTrainOptions, TOKENIZER_ACCEPTED_ONLY, None,
 
 
 class Recorded(TokenizerTrainer):
-    def build(self):
-        super().build()
+    def build(self, schedule):
+        super().build(schedule)
         self.initial = {**{f"init.tok.{k}": v.detach().clone() for k, v in self.tok.state_dict().items()},
                         **{f"init.disc.{k}": v.detach().clone() for k, v in self.disc.state_dict().items()}}
 

@@ -232,7 +232,7 @@ def test_train_pretokenize_generator_sample_reconstruct_probe(tmp_path):
     gen = imf.load_generator(tmp_path / "gen" / "last")
     assert gen.tokenizer.config == tok.config
     imgs = gen.generate(torch.tensor([0, 3]), cfg=2.0, top_k=4, seed=0)
-    assert imgs.shape == (2, 3, 16, 16) and 0 <= imgs.min() and imgs.max() <= 1
+    assert imgs.shape == (2, 3, 16, 16) and -1 <= imgs.min() and imgs.max() <= 1
     assert main(["sample", "--generator", str(tmp_path / "gen" / "last"), "--classes", "1,2", "--out",
                  str(tmp_path / "samples")]) == 0
     assert len(list((tmp_path / "samples").rglob("*.png"))) >= 2

@@ -109,8 +109,8 @@ def test_the_generator_and_the_codes_cache_refuse_unreadable_data(tmp_path, tiny
     from safetensors.torch import load_file, save_file
 
     from imagefolder.loading import save_tokenizer
-    from imagefolder.train.generator_trainer import GeneratorTrainer, generator_config
-    from imagefolder.train.options import GENERATOR_ACCEPTED_ONLY, GeneratorTrainOptions, load_options
+    from imagefolder.train.generator_trainer import GeneratorTrainer
+    from imagefolder.train.options import GENERATOR_ACCEPTED_ONLY, GeneratorTrainOptions, generator_config, load_options
     from imagefolder.train.pretokenize import CodesCacheError, CodesDataset, pretokenize
 
     size = tiny_tokenizer.config.image_size

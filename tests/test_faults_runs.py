@@ -151,8 +151,8 @@ def test_generator_resume_from_a_mid_run_checkpoint_is_bit_identical(tmp_path, t
     """Label dropout (cond_drop_rate) draws from the global stream at every step."""
     from imagefolder.data.builtin import write_builtin_images
     from imagefolder.loading import save_tokenizer
-    from imagefolder.train.generator_trainer import GeneratorTrainer, generator_config
-    from imagefolder.train.options import GENERATOR_ACCEPTED_ONLY, GeneratorTrainOptions, load_options
+    from imagefolder.train.generator_trainer import GeneratorTrainer
+    from imagefolder.train.options import GENERATOR_ACCEPTED_ONLY, GeneratorTrainOptions, generator_config, load_options
 
     save_tokenizer(tiny_tokenizer, tmp_path / "tok")
     write_builtin_images(tmp_path / "data" / "train", 16, tiny_tokenizer.config.image_size)

@@ -1,6 +1,8 @@
 """The VAR generator: mask, KV cache, guidance, sampling determinism, our checkpoint format."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -61,7 +63,7 @@ def test_top_k_one_is_argmax(tiny_generator):
     for p in range(2):
         for si in range(4):
             assert torch.equal(codes[p][si], guided[p][si].argmax(dim=-1)), (p, si)
-    assert img.shape == (3, 3, 64, 64) and img.min() >= 0 and img.max() <= 1
+    assert img.shape == (3, 3, 64, 64) and img.min() >= -1 and img.max() <= 1 and img.min() < 0  # the public range
 
 
 def test_samples_come_from_the_top_k_and_the_nucleus(tiny_generator):
@@ -113,7 +115,7 @@ def test_prefix_keeps_its_scales_and_samples_the_rest_with_the_same_draws(tiny_g
     _, same = gen.generate(labels, seed=4, top_k=16, return_codes=True, prefix=[c[:1] for c in free])
     assert all(torch.equal(a, b) for p in range(2) for a, b in zip(same[p], free[p]))
     whole = gen.generate(labels, seed=4, prefix=real)
-    torch.testing.assert_close(whole, (gen.tokenizer.decode(real).float() + 1) / 2, rtol=0, atol=1e-5)
+    torch.testing.assert_close(whole, gen.tokenizer.decode(real).float(), rtol=0, atol=1e-5)  # one range for both
 
 
 def test_bad_prefix_is_a_clear_error(tiny_generator, ref):
@@ -151,7 +153,7 @@ def test_bfloat16_sampling_is_close_to_float32_logits(tiny_generator, ref):
 def test_training_mode_drops_labels_and_eval_does_not(ref):
     torch.manual_seed(0)
     gen = imf.load_generator("tiny")
-    gen.config.cond_drop_rate = 1.0
+    gen.config = dataclasses.replace(gen.config, cond_drop_rate=0.999999)  # (1.0 is not a valid rate)
     codes = gen.tokenizer.encode(ref["x"])
     uncond = torch.full_like(ref["labels"], gen.num_classes)
     with torch.no_grad():
@@ -168,7 +170,7 @@ def test_token_masking_only_in_training(ref):
     with torch.no_grad():
         a, b = gen.eval()(ref["labels"], codes), gen(ref["labels"], codes)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
-    gen.config.cond_drop_rate = 0.0
+    gen.config = dataclasses.replace(gen.config, cond_drop_rate=0.0)
     torch.manual_seed(1)
     logits = gen.train()(ref["labels"], codes)
     logits.sum().backward()
@@ -184,10 +186,8 @@ def test_gradients_reach_every_generator_parameter(ref):
         torch.cat(logits.chunk(2, dim=-1), dim=0).reshape(-1, 64), targets.reshape(-1))
     loss.backward()
     for name, p in gen.named_parameters():
-        if name.startswith("tokenizer."):
-            assert p.grad is None
-        else:
-            assert p.grad is not None, name
+        assert p.grad is not None, name
+    assert all(p.grad is None for p in gen.tokenizer.parameters())
 
 
 def test_our_generator_format_round_trip(tmp_path, tiny_generator, ref):
@@ -252,3 +252,30 @@ def test_low_precision_weight_cache_matches_plain_autocast_and_follows_updates(r
         gen.head.weight.mul_(2.0)  # an in-place update invalidates the cached copy
     assert same(gen.guided_logits(labels, codes, dtype=torch.bfloat16), plain())
     gen.clear_low_precision_cache()
+
+
+def test_the_generator_refers_to_its_tokenizer_without_owning_it(ref):
+    import copy
+    gen = imf.load_generator("tiny")
+    tok = gen.tokenizer
+    assert all(m is not tok for m in gen.modules()) and not any(k.startswith("tokenizer") for k in gen.state_dict())
+    assert {id(p) for p in gen.parameters()}.isdisjoint(id(p) for p in tok.parameters())
+    gen.train()
+    assert gen.training and not tok.training  # the tokenizer stays frozen in eval mode
+    gen.eval()
+    gen.double()  # moving / casting the generator takes the tokenizer along: sampling decodes through it
+    assert next(tok.parameters()).dtype == torch.float64
+    gen.float()
+    a = gen.generate(ref["labels"], seed=3, top_k=8)
+    deep = copy.deepcopy(gen)  # an independent copy of both
+    assert deep.tokenizer is not tok
+    torch.testing.assert_close(deep.generate(ref["labels"], seed=3, top_k=8), a, rtol=0, atol=0)
+    state = torch.random.get_rng_state()
+    shared = gen.sharing_tokenizer()  # the generator's weights on the same tokenizer, no random draws
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert shared.tokenizer is tok and not shared.training
+    assert all(p.requires_grad for p in shared.parameters())
+    torch.testing.assert_close(shared.generate(ref["labels"], seed=3, top_k=8), a, rtol=0, atol=0)
+    with torch.no_grad():
+        next(shared.parameters()).add_(1.0)  # its own weights: the original is untouched
+    torch.testing.assert_close(gen.generate(ref["labels"], seed=3, top_k=8), a, rtol=0, atol=0)

@@ -254,3 +254,15 @@ def test_metrics_reports_for_the_card(tmp_path):
                                              "inception.is_mean": 290.5}, None)
     report.write_text('{"command": "imagefolder demo", "metrics": {"psnr": 22.3, "ok": true}}')
     assert publish.read_metrics(report) == ({"psnr": 22.3}, "imagefolder demo")
+
+
+def test_a_generator_folder_travels_with_its_tokenizer(fake_hub, tmp_path):
+    folder = tmp_path / "export"
+    kind, _ = publish.export(DATA / "tiny_var.pt", folder, tokenizer=TINY_TOK)
+    assert kind == "generator" and "its tokenizer beside it in `tokenizer/`" in (folder / "README.md").read_text()
+    publish.push(folder, "me/tiny-gen")
+    assert set(fake_hub.files("me/tiny-gen")) == {"config.json", "model.safetensors", "tokenizer/config.json",
+                                                   "tokenizer/model.safetensors", "README.md"}
+    local = imf.load_generator(folder)
+    remote = imf.load_generator("hf://me/tiny-gen")  # the tokenizer/ files come from the same commit
+    assert _same_weights(remote, local) and _same_weights(remote.tokenizer, local.tokenizer)

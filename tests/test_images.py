@@ -137,3 +137,14 @@ def test_write_builtin_images_uses_the_imagefolder_layout(tmp_path):
     imgs, _ = builtin_images(12, 24, seed=3)
     for path, img in zip(paths, imgs):
         np.testing.assert_array_equal(np.asarray(Image.open(path)), img)
+
+
+def test_one_conversion_to_8_bits_for_the_public_range():
+    from imagefolder import metrics
+    from imagefolder.data.images import to_tensor, to_uint8
+    x = torch.tensor([-1.5, -1.0, 0.0, 1.0 / 255, 1.0, 2.0]).view(1, 1, 1, 6)
+    assert to_uint8(x).flatten().tolist() == [0, 0, 128, 128, 255, 255]
+    assert to_uint8(torch.tensor([0.0, 0.5, 1.0]), low=0.0).tolist() == [0, 128, 255]
+    assert metrics.to_uint8 is to_uint8  # the metrics read pictures through the same function
+    every = np.arange(256, dtype=np.uint8).repeat(3).reshape(16, 16, 3)
+    assert np.array_equal(to_uint8(to_tensor(every)).permute(1, 2, 0).numpy(), every)  # exact round trip

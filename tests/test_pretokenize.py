@@ -60,6 +60,13 @@ def test_cache_layout_metadata_and_flips(env):
             want = mirrored[row] if flip_decision(5, epoch, i) else plain[row]
             assert torch.equal(codes_PL, want) and label == images.labels[i] and index == i
     assert torch.equal(codes_BPL(split_codes(plain, tok.config.v_patch_nums)), plain)
+    batch = data.collate([data[i] for i in (*good[:3], *bad_items(images))])  # codes get their own field
+    assert batch.images is None and len(batch) == 3 and len(batch.bad) == 1
+    assert batch.codes.dtype == torch.int64 and batch.codes.shape == (3, 2, 30)
+
+
+def bad_items(images) -> list[int]:
+    return [i for i in range(len(images)) if isinstance(images[i], BadItem)]
 
 
 def test_unreadable_file_reported_as_on_the_fly(env):

@@ -39,3 +39,25 @@ def test_two_processes_keep_identical_replicas(tmp_path, encoder):
     unchanged = [k for k in trainable if torch.equal(a[k], a[f"init.{k}"])]
     assert not [k for k in unchanged if k.startswith("disc.")], unchanged[:5]
     assert len(unchanged) < 0.2 * len(trainable), unchanged[:5]  # a few unused phi layers stay
+
+
+def test_two_processes_train_one_generator_on_a_shared_frozen_tokenizer(tmp_path):
+    data = make_image_folder(tmp_path / "data", per_class=8, size=64)
+    out = tmp_path / "out"
+    tokenizer = Path(__file__).parent / "data" / "tiny_tokenizer.pt"
+    paths = [str(Path(__file__).parent), str(Path(imagefolder.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+           str(Path(__file__).parent / "_ddp_generator_worker.py"), str(data), str(out), str(tokenizer)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = load_file(out / "rank0.safetensors"), load_file(out / "rank1.safetensors")
+    assert a.keys() == b.keys() and not [k for k in a if not torch.equal(a[k], b[k])]
+    own = [k for k in a if k.startswith("gen.")]
+    assert own and not [k for k in own if torch.equal(a[k], a[f"init.{k}"])]  # every generator weight trained
+    assert all(not torch.equal(a[f"ema.{k[4:]}"], a[k]) for k in own if a[k].is_floating_point())  # an average
+    tok = imagefolder.load_tokenizer(Path(__file__).parent / "data" / "tiny_tokenizer.pt").state_dict()
+    assert all(torch.equal(a[f"tok.{k}"], v) for k, v in tok.items())  # the tokenizer stayed as loaded
+    saved = imagefolder.load_generator(out / "last")
+    assert (out / "last" / "tokenizer" / "model.safetensors").is_file()
+    assert all(torch.equal(v, a[f"ema.{k}"]) for k, v in saved.state_dict().items() if v.is_floating_point())

@@ -15,7 +15,7 @@ from imagefolder.data.builtin import write_builtin_images
 from imagefolder.data.folder import collate_skip_bad
 from imagefolder.distributed import DistInfo
 from imagefolder.loading import save_tokenizer
-from imagefolder.train.engine import TrainingError
+from imagefolder.train.engine import Schedule, TrainingError
 from imagefolder.train.generator_trainer import GeneratorTrainer
 from imagefolder.train.options import GENERATOR_ACCEPTED_ONLY, GeneratorTrainOptions, load_options
 from imagefolder.train.state import Checkpoints, load_train_state
@@ -105,6 +105,20 @@ def test_resume_continues_bit_identically(env, tmp_path):
             load(Checkpoints(tmp_path / "split").latest())
 
 
+def test_options_and_model_config_are_resolved_once_and_frozen(env):
+    import dataclasses
+    over = {"tokenizer": str(env / "tok"), "data_path": str(env / "data"), "model_preset": "tiny", "tblr": 1e-4,
+            "global_batch_size": 512, "epochs": 100}
+    opts, model = load_options(GeneratorTrainOptions, GENERATOR_ACCEPTED_ONLY, None, over)
+    assert opts.lr == pytest.approx(2e-4) and opts.warmup_epochs == 2.0  # derived at construction, not by check()
+    opts.check()
+    assert opts.lr == pytest.approx(2e-4)
+    for obj, field in ((opts, "lr"), (model, "depth"), (model.tokenizer, "codebook_size")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(obj, field, 1)
+    assert GeneratorTrainOptions(**dataclasses.asdict(opts)) == opts  # the logged options rebuild the same run
+
+
 def test_num_classes_defaults_to_the_data(env, tmp_path):
     write_builtin_images(tmp_path / "three", 3, 64)  # classes circle, square, triangle
     over = {"tokenizer": str(env / "tok"), "data_path": str(tmp_path / "three"), "model_preset": "d16"}
@@ -128,8 +142,8 @@ def test_loss_layout_and_label_smoothing(env, tmp_path):
         trainer = GeneratorTrainer(opts, model, tmp_path / f"ls{eps}", DistInfo(0, 1, 0, torch.device("cpu")))
         data = trainer.train_dataset()
         torch.manual_seed(0)
-        trainer.build()
-        trainer.schedule_steps, trainer.warmup_steps = 10, 0
+        trainer.schedule = Schedule(steps_per_epoch=10, schedule_steps=10, total_steps=10, warmup_steps=0)
+        trainer.build(trainer.schedule)
         batch = collate_skip_bad([data[i] for i in range(4)])
         gen, tok, V, P = trainer.gen, trainer.tok, trainer.gen.V, trainer.gen.P
         codes = tok.encode(batch.images)

@@ -204,6 +204,7 @@ def test_classifier_teacher_regularises_a_branch(data, tmp_path):
                  semantic_teacher=str(tmp_path / "teacher"), half_sem=True, val_data_path=str(data / "val"),
                  val_every=3, rfid_features=f"domain:{tmp_path / 'teacher'}", perceptual_weight=0.1,
                  perceptual_net=f"classifier:{tmp_path / 'teacher'}", log_every=1)
+    assert t.run_config()["model"]["teacher"] == teacher.config.to_dict()  # resolved before the run logs it
     summary = t.fit()
     assert summary["last_val"]["rfid"] >= 0  # in the teacher's feature space
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -214,8 +215,10 @@ def test_classifier_teacher_regularises_a_branch(data, tmp_path):
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in tok.semantic_model.state_dict().items())
     # fine-tuning that model (vq_ckpt) needs no teacher path: the teacher comes with the weights
     t2 = _trainer(data, tmp_path / "tune", max_steps=1, semantic_guide="classifier", vq_ckpt=str(tmp_path / "run" / "last"))
-    t2.fit()
     assert t2.model_config.teacher == tok.config.teacher
+    config = t2.model_config
+    t2.fit()
+    assert t2.model_config is config  # the trainer never replaces its configuration
 
 
 def test_time_budget_stops_the_run(data, tmp_path):

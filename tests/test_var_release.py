@@ -78,7 +78,7 @@ def test_generator_presets_have_the_released_layout(depth):
         gen = imf.Generator(imf.generator_preset(f"var-d{depth}"))
     name = f"var_d{depth}.keys.tsv"
     assert _listing(to_official_state_dict(gen)) == parse_keys(f"var_full_keys/{name}")
-    own = sum(p.numel() for n, p in gen.named_parameters() if not n.startswith("tokenizer."))
+    own = sum(p.numel() for p in gen.parameters())  # the generator's own: its tokenizer is not a submodule
     assert own == _header_params(name)
     assert gen.L == 680 and gen.P == 1 and gen.V == 4096
 
@@ -145,11 +145,11 @@ def test_our_sampler_runs_on_the_release_seeded_per_image(gen):
     labels = torch.tensor([3, 7])
     kw = dict(cfg=3.0, top_k=16, top_p=0.9, seed=0)
     img, codes = gen.generate(labels, return_codes=True, **kw)
-    assert img.shape == (2, 3, 64, 64) and 0 <= img.min() and img.max() <= 1
+    assert img.shape == (2, 3, 64, 64) and -1 <= img.min() and img.max() <= 1
     assert [c.shape for c in codes[0]] == [(2, 1), (2, 4), (2, 9), (2, 16)]
     assert torch.equal(gen.generate(labels, **kw), img)
     alone = gen.generate(labels[1:], indices=[1], **kw)
-    assert maxdiff(alone[0], img[1]) < 1e-5
+    assert maxdiff(alone[0], img[1]) < 2e-5  # 1e-5 of the [0, 1] range
 
 
 # --- more_smooth ---------------------------------------------------------------------------------------------------
@@ -171,11 +171,11 @@ def test_more_smooth_mixes_code_vectors(gen):
     plain, plain_codes = gen.generate(labels, **kw)
     smooth, codes = gen.generate(labels, more_smooth=True, **kw)
     again, _ = gen.generate(labels, more_smooth=True, **kw)
-    assert torch.equal(smooth, again) and 0 <= smooth.min() and smooth.max() <= 1
+    assert torch.equal(smooth, again) and -1 <= smooth.min() and smooth.max() <= 1
     assert torch.equal(codes[0][0], plain_codes[0][0])  # the first scale draws its codes with the same numbers
     assert maxdiff(smooth, plain) > 1e-3
     # the image is not the decoding of its drawn codes: every scale added a mixture of code vectors
-    assert maxdiff(gen.tokenizer.decode(codes).add(1).mul(0.5), smooth) > 1e-3
+    assert maxdiff(gen.tokenizer.decode(codes), smooth) > 1e-3
     alone = gen.generate(labels[1:], indices=[1], more_smooth=True, cfg=3.0, top_k=16, top_p=0.9, seed=0)
     assert maxdiff(alone[0], smooth[1]) < 1e-4
 

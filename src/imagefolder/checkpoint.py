@@ -1,8 +1,10 @@
 """Our checkpoint format: a directory with ``config.json`` and ``model.safetensors``, each written atomically.
 
 ``config.json`` = ``{"format": "imagefolder", "version": 1, "kind": "tokenizer" | "generator", "config": {...}}``.
-A generator directory stores the generator and its tokenizer in one state dict (tokenizer keys under
-``tokenizer.``) and the tokenizer configuration inside the generator configuration, so it loads alone.
+A generator directory (version 2) holds the generator's own weights and, in the subfolder ``tokenizer/``, its
+tokenizer as a tokenizer directory of its own; the generator configuration names the tokenizer configuration too,
+so the directory loads alone. Version 1 generator directories kept both in one state dict, the tokenizer's keys
+under a prefix: ``generator_weights`` is the one reader that still knows that layout.
 Nothing here unpickles: safetensors holds only tensors, JSON only plain values.
 """
 from __future__ import annotations
@@ -20,8 +22,10 @@ from safetensors.torch import load_file, save_file
 
 from .errors import CheckpointError
 
-FORMAT, VERSION = "imagefolder", 1
+FORMAT, VERSION = "imagefolder", 2   # VERSION: the newest format version this code reads
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+TOKENIZER_DIR = "tokenizer"          # a generator directory's tokenizer (version 2)
+GENERATOR_VERSION = 2                # generator directories are written in version 2; everything else in 1
 
 
 TRAIN_FORMAT = "imagefolder-train"   # the "format" of a trainer's resume checkpoint (train/engine.py)
@@ -71,20 +75,56 @@ def is_our_checkpoint(path: str | Path) -> bool:
 
 
 def save_model(model: torch.nn.Module, kind: str, config: Any, out_dir: str | Path,
-               extra: dict[str, Any] | None = None) -> Path:
+               extra: dict[str, Any] | None = None, *, version: int = 1) -> Path:
     """Write ``model`` (weights) and its ``config`` (a dataclass with ``to_dict``) to ``out_dir``."""
     out = Path(out_dir)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": FORMAT, "kind": kind}))
-    meta = {"format": FORMAT, "version": VERSION, "kind": kind, "config": config.to_dict(), **(extra or {})}
+    meta = {"format": FORMAT, "version": version, "kind": kind, "config": config.to_dict(), **(extra or {})}
     atomic_write(out / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
     return out
 
 
+def save_generator_files(generator: torch.nn.Module, tokenizer: torch.nn.Module, out_dir: str | Path,
+                         extra: dict[str, Any] | None = None) -> Path:
+    """A generator directory (version 2): ``tokenizer/`` first, then the generator's own weights and config."""
+    out = Path(out_dir)
+    save_model(tokenizer, "tokenizer", tokenizer.config, out / TOKENIZER_DIR)
+    return save_model(generator, "generator", generator.config, out, extra, version=GENERATOR_VERSION)
+
+
+def folder_files(meta: dict[str, Any]) -> tuple[str, ...]:
+    """The files (relative paths) a directory of our format with this ``config.json`` consists of."""
+    files = (CONFIG_NAME, WEIGHTS_NAME)
+    if meta.get("kind") == "generator" and meta.get("version", 1) >= 2:
+        files += tuple(f"{TOKENIZER_DIR}/{name}" for name in files)
+    return files
+
+
+def generator_weights(path: str | Path, part: str) -> dict[str, torch.Tensor]:
+    """The state dict of a generator directory's ``part``: "generator" (its own weights) or "tokenizer".
+
+    Version 2 keeps the tokenizer in ``tokenizer/``; version 1 kept both in one file, the tokenizer's keys under
+    the prefix ``tokenizer.`` (the only place that prefix is known)."""
+    directory = _directory(path)
+    meta = read_config(directory)
+    if meta.get("version", 1) >= 2:
+        return read_weights(directory / TOKENIZER_DIR / WEIGHTS_NAME if part == "tokenizer" else directory)
+    prefix = "tokenizer."
+    state = read_weights(directory)
+    if part == "tokenizer":
+        return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k: v for k, v in state.items() if not k.startswith(prefix)}
+
+
+def _directory(path: str | Path) -> Path:
+    path = Path(path)
+    return path if path.is_dir() else path.parent
+
+
 def read_config(path: str | Path) -> dict[str, Any]:
     """The parsed ``config.json`` of one of our checkpoint directories (or of the directory holding the file)."""
-    path = Path(path)
-    directory = path if path.is_dir() else path.parent
+    directory = _directory(path)
     cfg_path = directory / CONFIG_NAME
     try:
         meta = json.loads(cfg_path.read_text())
@@ -109,8 +149,7 @@ def config_from(cls, meta: dict[str, Any], where: str | Path):
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    path = Path(path)
-    weights = (path if path.is_dir() else path.parent) / WEIGHTS_NAME
+    weights = _directory(path) / WEIGHTS_NAME
     if not weights.is_file():
         raise CheckpointError(f"{weights}: weights file missing")
     try:

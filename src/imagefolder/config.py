@@ -21,7 +21,13 @@ def _check(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
-@dataclass
+def _set(config: Any, **values: Any) -> None:
+    """Normalise fields of a frozen config while it is being constructed (``__post_init__``)."""
+    for name, value in values.items():
+        object.__setattr__(config, name, value)
+
+
+@dataclass(frozen=True)
 class TokenizerConfig:
     """The ImageFolder tokenizer: an encoder (ViT with latent tokens, or the authors' conv network), P multi-scale
     residual quantizers (product quantization: one per branch) and a decoder (ViT or conv)."""
@@ -62,10 +68,9 @@ class TokenizerConfig:
     quant_conv_ks: int = 1               # kernel of the conv quant_conv / post_quant_conv (VAR's VQVAE: 3)
 
     def __post_init__(self) -> None:
-        self.v_patch_nums = tuple(int(p) for p in self.v_patch_nums)
-        self.encoder_ch_mult = tuple(int(m) for m in self.encoder_ch_mult)
-        self.decoder_ch_mult = tuple(int(m) for m in self.decoder_ch_mult)
-        self.vit_kwargs = dict(self.vit_kwargs)
+        _set(self, v_patch_nums=tuple(int(p) for p in self.v_patch_nums),
+             encoder_ch_mult=tuple(int(m) for m in self.encoder_ch_mult),
+             decoder_ch_mult=tuple(int(m) for m in self.decoder_ch_mult), vit_kwargs=dict(self.vit_kwargs))
         _check(self.codebook_size >= 2, f"codebook_size must be >= 2, got {self.codebook_size}")
         _check(self.codebook_embed_dim >= 1, f"codebook_embed_dim must be >= 1, got {self.codebook_embed_dim}")
         _check(self.product_quant >= 1, f"product_quant must be >= 1, got {self.product_quant}")
@@ -84,7 +89,7 @@ class TokenizerConfig:
                f"start_drop must be in [1, {len(self.v_patch_nums)}], got {self.start_drop}")
         _check(self.semantic_guide in ("dinov2", "classifier", "none"),
                f"semantic_guide must be 'dinov2', 'classifier' or 'none', got {self.semantic_guide!r}")
-        self.teacher = dict(self.teacher)  # filled from the teacher checkpoint by the trainer when empty
+        _set(self, teacher=dict(self.teacher))  # resolved from the teacher checkpoint by train.options when empty
 
         for name in ("enc_type", "dec_type"):
             _check(getattr(self, name) in ("dinov2", "cnn"),
@@ -147,7 +152,7 @@ class TokenizerConfig:
         return _from_dict(cls, d)
 
 
-@dataclass
+@dataclass(frozen=True)
 class GeneratorConfig:
     """The VAR transformer that predicts all branches' codes of a scale in parallel (folded tokens)."""
 
@@ -168,15 +173,15 @@ class GeneratorConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.tokenizer, dict):
-            self.tokenizer = TokenizerConfig.from_dict(self.tokenizer)
+            _set(self, tokenizer=TokenizerConfig.from_dict(self.tokenizer))
         elif isinstance(self.tokenizer, str):
-            self.tokenizer = tokenizer_preset(self.tokenizer)
+            _set(self, tokenizer=tokenizer_preset(self.tokenizer))
         if self.embed_dim is None:
-            self.embed_dim = 64 * self.depth
+            _set(self, embed_dim=64 * self.depth)
         if self.num_heads is None:
-            self.num_heads = self.depth
+            _set(self, num_heads=self.depth)
         if self.drop_path_rate is None:
-            self.drop_path_rate = 0.1 * self.depth / 24
+            _set(self, drop_path_rate=0.1 * self.depth / 24)
         _check(self.depth >= 1, f"depth must be >= 1, got {self.depth}")
         _check(self.embed_dim % self.num_heads == 0,
                f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})")

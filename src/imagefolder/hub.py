@@ -8,7 +8,7 @@ Spec forms, accepted wherever a checkpoint is (``resolve`` turns them into local
 * ``hf://OWNER/REPO/PATH/FILE.pt``: one file (``.pt .pth .ckpt .bin .safetensors``), optionally pinned with
   ``@REVISION`` at the end, or in the client's own form ``hf://OWNER/REPO@REVISION/PATH``;
 * ``hf://OWNER/REPO`` or ``hf://OWNER/REPO/SUBFOLDER``: a folder of our format (``config.json`` +
-  ``model.safetensors``); both files come from the same commit.
+  ``model.safetensors``, and a generator's ``tokenizer/`` folder); all files come from the same commit.
 
 Integrity: the client checks the size; we check the content. A file the hub stores in LFS is cached under its
 etag, which is its SHA-256, and a small git file under its git blob hash: the cached file must hash to that name.
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .checkpoint import folder_files, read_config
 from .errors import CheckpointError
 from .releases import RELEASES, Release
 
@@ -152,7 +153,8 @@ def fetch_folder(ref: HubRef) -> Path:
     sub = f"{ref.path}/" if ref.path else ""
     first = _download(ref, sub + FOLDER_FILES[0], ref.revision)
     commit = _snapshot_commit(first)
-    for name in FOLDER_FILES:
+    verify(first, None, ref.spec)
+    for name in folder_files(read_config(first))[1:]:   # a generator's tokenizer/ too
         verify(_download(ref, sub + name, commit or ref.revision), None, ref.spec)
     return first.parent
 

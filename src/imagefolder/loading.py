@@ -55,16 +55,12 @@ def load_tokenizer(spec: TokenizerSpec, *, config: TokenizerConfig | None = None
     path = Path(hub.resolve(spec))
     if ours.is_our_checkpoint(path):
         meta = ours.read_config(path)
-        state = ours.read_weights(path)
-        if meta["kind"] == "generator":
-            cfg = ours.config_from(GeneratorConfig, meta, path).tokenizer
-            state = {k[len("tokenizer."):]: v for k, v in state.items() if k.startswith("tokenizer.")}
-        elif meta["kind"] == "tokenizer":
-            cfg = ours.config_from(TokenizerConfig, meta, path)
-        else:
+        if meta["kind"] == "generator":  # the generator's tokenizer
+            return _tokenizer_of_generator(path, ours.config_from(GeneratorConfig, meta, path), config)
+        if meta["kind"] != "tokenizer":
             raise CheckpointError(f"{path}: holds a {meta['kind']!r}, not a tokenizer")
-        model = _empty(Tokenizer, config or cfg)
-        ours.load_state_strict(model, state, str(path))
+        model = _empty(Tokenizer, config or ours.config_from(TokenizerConfig, meta, path))
+        ours.load_state_strict(model, ours.read_weights(path), str(path))
         return model.eval()
     if not path.exists():
         raise CheckpointError(f"no such checkpoint or preset: {spec!s} (presets: "
@@ -76,6 +72,21 @@ def load_tokenizer(spec: TokenizerSpec, *, config: TokenizerConfig | None = None
         raise CheckpointError(f"{path}: a VAR generator file (plain state dict), which holds no tokenizer; its "
                               "tokenizer is VAR's VQVAE file (vae_ch160v4096z32.pth)")
     return _tokenizer_from_official(ckpt, str(path), config)
+
+
+def _tokenizer_of_generator(path: Path, cfg: GeneratorConfig, config: TokenizerConfig | None = None) -> Tokenizer:
+    """The tokenizer of one of our generator directories (its ``tokenizer/`` folder, or inside an older file)."""
+    sub = path / ours.TOKENIZER_DIR if path.is_dir() else path.parent / ours.TOKENIZER_DIR
+    where = path
+    if ours.is_our_checkpoint(sub):
+        own = ours.config_from(TokenizerConfig, ours.read_config(sub), sub)
+        if own != cfg.tokenizer:
+            raise CheckpointError(f"{sub}: the tokenizer's configuration differs from the one its generator's "
+                                  f"{ours.CONFIG_NAME} names")
+        where = sub
+    model = _empty(Tokenizer, config or cfg.tokenizer)
+    ours.load_state_strict(model, ours.generator_weights(path, "tokenizer"), str(where))
+    return model.eval()
 
 
 def _release_hint(spec: Any) -> str:
@@ -123,8 +134,21 @@ def _tokenizer_config(spec: TokenizerSpec) -> TokenizerConfig:
     return tokenizer_config_from_checkpoint(ckpt, str(path))
 
 
+def _generator_config(spec: str | Path, *, tokenizer: TokenizerSpec | None = None) -> GeneratorConfig:
+    """The configuration ``load_generator(spec, tokenizer=tokenizer)`` would have, read without the weights where
+    the format keeps it apart (presets, our folders); an official file's configuration is inside it."""
+    if _is_preset(spec, GENERATOR_PRESETS) and tokenizer is None:
+        return generator_preset(spec)
+    path = Path(hub.resolve(spec)) if not _is_preset(spec, GENERATOR_PRESETS) else None
+    if path is not None and ours.is_our_checkpoint(path) and tokenizer is None:
+        meta = ours.read_config(path)
+        if meta["kind"] == "generator":
+            return ours.config_from(GeneratorConfig, meta, path)
+    return load_generator(spec, tokenizer=tokenizer).config
+
+
 def load_generator(spec: str | Path, *, tokenizer: TokenizerSpec | None = None) -> Generator:
-    """A generator (with its tokenizer as ``.tokenizer``) in eval mode from a preset name (random init), one of
+    """A generator (referring to its tokenizer as ``.tokenizer``) in eval mode from a preset name (random init), one of
     our checkpoint directories, an official ImageFolder VAR checkpoint (``trainer.var_wo_ddp`` +
     ``trainer.vae_local``) or one of VAR's released generators (``var_d16.pth`` ... ``var_d30.pth``); each also
     from the hub (a short name such as ``imagenet-var-4096`` or ``var-imagenet-d16``, which brings its VQVAE, or
@@ -152,8 +176,9 @@ def load_generator(spec: str | Path, *, tokenizer: TokenizerSpec | None = None) 
         if tokenizer is not None:
             raise CheckpointError(f"{path}: our generator checkpoints carry their own tokenizer; a tokenizer is "
                                   "only taken for a preset or an official VAR file")
-        model = _empty(Generator, ours.config_from(GeneratorConfig, meta, path))
-        ours.load_state_strict(model, ours.read_weights(path), str(path))
+        cfg = ours.config_from(GeneratorConfig, meta, path)
+        model = _empty(Generator, cfg, _tokenizer_of_generator(path, cfg))
+        ours.load_state_strict(model, ours.generator_weights(path, "generator"), str(path))
         return model.eval()
     if not path.exists():
         raise CheckpointError(f"no such checkpoint or preset: {spec!s} (presets: "
@@ -215,8 +240,10 @@ def save_tokenizer(tokenizer: Tokenizer, out_dir: str | Path) -> Path:
     return ours.save_model(tokenizer, "tokenizer", tokenizer.config, out_dir)
 
 
-def save_generator(generator: Generator, out_dir: str | Path) -> Path:
-    return ours.save_model(generator, "generator", generator.config, out_dir)
+def save_generator(generator: Generator, out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """The generator's own weights and config in ``out_dir``, its tokenizer beside them in ``out_dir/tokenizer``;
+    ``extra``: more ``config.json`` entries (``class_names``)."""
+    return ours.save_generator_files(generator, generator.tokenizer, out_dir, extra)
 
 
 def _official_tokenizer_args(cfg: TokenizerConfig) -> dict[str, Any]:

@@ -164,8 +164,7 @@ def _check_constant(model: nn.Module, key: str, value: torch.Tensor, where: str)
 def load_official_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:
     """Strictly load an official state dict into our Tokenizer or Generator (every key, every shape)."""
     keymap = _TOKENIZER_KEYMAP if _is_tokenizer(model) else []
-    # a Generator's tokenizer is loaded separately (official: trainer.vae_local)
-    ours = {k: v for k, v in model.state_dict().items() if not k.startswith("tokenizer.")}
+    ours = model.state_dict()  # a Generator's own weights; its tokenizer is loaded separately (trainer.vae_local)
     renamed: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):
@@ -187,8 +186,7 @@ def load_official_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]
             raise CheckpointError(f"{where}: {_official_name(key, model)} has dtype {value.dtype}, "
                                   f"expected {ours[key].dtype}")
     renamed = {k: v.to(ours[k].dtype) for k, v in renamed.items()}
-    result = model.load_state_dict(renamed, strict=False, assign=True)
-    assert not result.unexpected_keys and all(k.startswith("tokenizer.") for k in result.missing_keys)
+    model.load_state_dict(renamed, strict=True, assign=True)
 
 
 def _is_tokenizer(model: nn.Module) -> bool:
@@ -215,7 +213,7 @@ def to_official_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             if value is not None:
                 sd[key] = value
         return sd
-    sd = {k: v for k, v in model.state_dict().items() if not k.startswith("tokenizer.")}
+    sd = dict(model.state_dict())
     sd["lvl_1L"] = scale_levels(model.patch_nums)
     sd["attn_bias_for_masking"] = block_causal_mask(model.patch_nums)
     for i in range(len(model.blocks)):

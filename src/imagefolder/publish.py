@@ -16,7 +16,12 @@ from . import checkpoint as ours
 from .errors import CheckpointError
 
 CARD_NAME = "README.md"
-PUBLISHED = (ours.CONFIG_NAME, ours.WEIGHTS_NAME, CARD_NAME)
+
+
+def published_files(meta: dict[str, Any]) -> tuple[str, ...]:
+    """What ``push`` uploads from a folder with this ``config.json``: the model's files and the card."""
+    return (*ours.folder_files(meta), CARD_NAME)
+
 REPO_PLACEHOLDER = "OWNER/NAME"
 
 
@@ -97,7 +102,8 @@ def model_card(folder: str | Path, *, metrics: dict[str, float], command: str | 
     lines = ["---", "library_name: imagefolder", "tags:", "- imagefolder", f"- image-{kind}", "---", "",
              f"# {title}", "",
              f"An ImageFolder (arXiv 2410.01756) {kind} in the `imagefolder` format: `config.json` (the "
-             "configuration) and `model.safetensors` (the weights; nothing to unpickle).", "",
+             "configuration) and `model.safetensors` (the weights; nothing to unpickle)"
+             + (", its tokenizer beside it in `tokenizer/`" if len(ours.folder_files(meta)) > 2 else "") + ".", "",
              "```python", "import imagefolder as imf",
              f'model = imf.load_{kind}("hf://{REPO_PLACEHOLDER}")', "```", "",
              "| | |", "| --- | --- |"]
@@ -123,7 +129,7 @@ def check_publishable(folder: str | Path) -> dict[str, Any]:
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: not a folder; write one with 'imagefolder export CKPT --out {folder}'")
     meta = ours.read_config(folder)
-    missing = [n for n in PUBLISHED if not (folder / n).is_file()]
+    missing = [n for n in published_files(meta) if not (folder / n).is_file()]
     if missing:
         raise CheckpointError(f"{folder}: no {', '.join(missing)}; write the folder with 'imagefolder export'")
     return meta
@@ -144,7 +150,7 @@ def push(folder: str | Path, repo_id: str, *, private: bool | None = None, messa
     api = HfApi(token=token, library_name="imagefolder")
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
-        info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, allow_patterns=list(PUBLISHED),
+        info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, allow_patterns=list(published_files(meta)),
                                  commit_message=message or f"imagefolder {meta['kind']}")
     except hub_errors.HfHubHTTPError as e:
         status = e.response.status_code if e.response is not None else "?"

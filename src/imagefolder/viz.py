@@ -1,6 +1,7 @@
 """Image grids for looking at results: originals against reconstructions, and the per-scale progression.
 
-Inputs are image batches ``(B, 3, H, W)`` in [0, 1]; outputs are PIL images, written with ``save_png``.
+Inputs are image batches ``(B, 3, H, W)`` in [-1, 1], the models' range; outputs are PIL images, written with
+``save_png``.
 """
 from __future__ import annotations
 
@@ -12,14 +13,14 @@ from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
 from .checkpoint import atomic_write
+from .data.images import to_uint8
 
-PADDING, BACKGROUND = 2, 1.0  # pixels between cells, and their colour (white)
+PADDING, BACKGROUND = 2, 1.0  # pixels between cells, and their colour (white, in [-1, 1])
 
 
 def to_pil(x_3HW: torch.Tensor) -> Image.Image:
-    """One image (3, H, W) in [0, 1] -> 8-bit RGB."""
-    arr_HW3 = x_3HW.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(arr_HW3)
+    """One image (3, H, W) in [-1, 1] -> 8-bit RGB."""
+    return Image.fromarray(to_uint8(x_3HW).permute(1, 2, 0).cpu().numpy())
 
 
 def save_png(img: Image.Image, path: str | Path) -> None:

@@ -129,8 +129,8 @@ def run(args) -> int:
             xb = x[start:start + args.batch_size].to(device)
             yb = torch.tensor(labels[start:start + args.batch_size], device=device)
             codes = gen.tokenizer.encode(xb)
-            pictures.append((xb.cpu() + 1) / 2)
-            recons.append((gen.tokenizer.decode(codes).float().cpu() + 1) / 2)
+            pictures.append(xb.cpu())
+            recons.append(gen.tokenizer.decode(codes).float().cpu())
             prefix = [branch[:keep] for branch in codes]
             edit = {} if keep_mask is None else {"source": codes, "keep_mask": keep_mask.to(device)}
             for j, column in enumerate(columns):

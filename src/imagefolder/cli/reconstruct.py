@@ -140,7 +140,7 @@ def _write_json(path: Path, summary: dict[str, Any]) -> None:
 class _Results:
     quality: ReconstructionQuality
     originals_B3HW: torch.Tensor  # the first images, in [-1, 1], on the CPU: what the figures show
-    recons_B3HW: torch.Tensor     # their reconstructions, 8-bit in [0, 1]
+    recons_B3HW: torch.Tensor     # their reconstructions, in [-1, 1]
     seconds: float
 
 
@@ -160,10 +160,10 @@ def _reconstruct_all(tok, loader: DataLoader, dtype: torch.dtype, device: torch.
             x01, y01 = to_8bit(x_B3HW).cpu(), to_8bit(y_B3HW).cpu()
             quality.add_8bit(y01, x01)
             if recon_paths is not None:
-                for path, img in zip(recon_paths[done:], y01):
+                for path, img in zip(recon_paths[done:], y_B3HW):
                     save_png(to_pil(img), path)
             originals.append(x_B3HW[:max(0, keep - done)].cpu())
-            recons.append(y01[:max(0, keep - done)].cpu())
+            recons.append(y_B3HW[:max(0, keep - done)].float().cpu())
             done += len(x_B3HW)
     return _Results(quality, torch.cat(originals), torch.cat(recons),
                     time.perf_counter() - start)
@@ -194,14 +194,14 @@ def _run(args) -> int:
     res = _reconstruct_all(tok, loader, dtype, device, keep=max(args.grid, args.progression),
                            recon_paths=_recon_paths(out, names) if args.save_images else None)
     if args.grid:
-        save_png(comparison_grid(to_8bit(res.originals_B3HW[:args.grid]), res.recons_B3HW[:args.grid]),
+        save_png(comparison_grid(res.originals_B3HW[:args.grid], res.recons_B3HW[:args.grid]),
                  out / "grid.png")
     if args.progression:
         x_P3HW = res.originals_B3HW[:args.progression].to(device)
         with tok.precision(dtype):
             steps = tok.reconstruct_per_scale(x_P3HW)
         labels = ["input"] + [str(k) for k in range(1, len(steps) + 1)]
-        save_png(progression_grid(to_8bit(x_P3HW), [to_8bit(s) for s in steps], labels),
+        save_png(progression_grid(x_P3HW, list(steps), labels),
                  out / "progression.png")
     _write_csv(out / "metrics.csv", names, res.quality)
     mean_psnr, mean_ssim = res.quality.psnr, res.quality.ssim

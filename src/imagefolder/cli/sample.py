@@ -208,10 +208,6 @@ def prepare_sample_folder(out: Path, settings: dict, overwrite: bool, is_main: b
         atomic_write(out / SETTINGS, lambda tmp: Path(tmp).write_text(json.dumps(settings, indent=2) + "\n"))
 
 
-def _to_uint8_HW3(img_3HW: torch.Tensor) -> np.ndarray:
-    return img_3HW.float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-
-
 def run(args) -> int:
     from ..distributed import all_gather_object, barrier, init_from_env, shutdown
     from ..loading import load_generator
@@ -251,7 +247,7 @@ def run(args) -> int:
 
 def _generate(gen, todo: list[tuple[int, int]], out: Path, args, show: bool) -> None:
     """Generate and write this process's share ``todo`` of (index, class) pairs."""
-    from ..viz import save_png
+    from ..viz import save_png, to_pil
     bar = tqdm(total=len(todo), desc="sample", unit="img", disable=not show)
     try:
         for start in range(0, len(todo), args.batch_size):
@@ -262,7 +258,7 @@ def _generate(gen, todo: list[tuple[int, int]], out: Path, args, show: bool) -> 
                                 joint_sample=args.joint_sample, dtype=DTYPES[args.dtype],
                                 more_smooth=args.more_smooth, temperature=args.temperature)
             for (i, c), img in zip(chunk, imgs):
-                save_png(Image.fromarray(_to_uint8_HW3(img)), image_path(out, i, c))
+                save_png(to_pil(img), image_path(out, i, c))
             bar.update(len(chunk))
     finally:
         bar.close()

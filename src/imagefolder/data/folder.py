@@ -27,10 +27,16 @@ class BadItem(NamedTuple):
 
 @dataclass
 class Batch:
-    images: torch.Tensor                                    # (B, 3, H, W) float32 in [-1, 1]
+    """A collated micro-batch: pictures, or (from a codes cache, ``collate_codes``) their codes, never both."""
+
+    images: torch.Tensor | None                             # (B, 3, H, W) float32 in [-1, 1]; None for codes
     labels: torch.Tensor                                    # (B,) int64
     indices: torch.Tensor                                   # (B,) dataset indices
     bad: list[BadItem] = field(default_factory=list)        # files of this batch that could not be read
+    codes: torch.Tensor | None = None                       # (B, P, L) int64 codes; None for pictures
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
 
 
 def flip_decision(seed: int, epoch: int, index: int) -> bool:
@@ -147,10 +153,20 @@ class TensorImageDataset(Dataset):
 
 
 def collate_skip_bad(items: list) -> Batch:
-    """DataLoader ``collate_fn``: stack the readable items, report the others in ``Batch.bad``."""
+    """DataLoader ``collate_fn`` of picture items ``(x, label, index)``: stack the readable items, report the others
+    in ``Batch.bad``."""
+    return _collate(items, "images")
+
+
+def collate_codes(items: list) -> Batch:
+    """``collate_skip_bad`` for code items ``(codes (P, L), label, index)``: the stack goes to ``Batch.codes``."""
+    return _collate(items, "codes")
+
+
+def _collate(items: list, field_name: str) -> Batch:
     good = [it for it in items if not isinstance(it, BadItem)]
     bad = [it for it in items if isinstance(it, BadItem)]
-    if not good:
-        return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), bad)
-    return Batch(torch.stack([g[0] for g in good]), torch.tensor([g[1] for g in good], dtype=torch.long),
-                 torch.tensor([g[2] for g in good], dtype=torch.long), bad)
+    stacked = torch.stack([g[0] for g in good]) if good else torch.empty(0)
+    data = {"images": None, field_name: stacked}
+    return Batch(labels=torch.tensor([g[1] for g in good], dtype=torch.long),
+                 indices=torch.tensor([g[2] for g in good], dtype=torch.long), bad=bad, **data)

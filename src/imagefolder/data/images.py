@@ -95,6 +95,13 @@ def to_tensor(arr_HW3: np.ndarray) -> torch.Tensor:
     return torch.tensor(arr_HW3).permute(2, 0, 1).float().div(127.5).sub(1.0)
 
 
+def to_uint8(x: torch.Tensor, *, low: float = -1.0) -> torch.Tensor:
+    """Pictures with values in [``low``, 1] -> uint8 of the same layout: clamped and rounded (in float64) to the
+    nearest of 256 levels, what a PNG keeps. The package's one conversion to 8 bits; ``low`` is -1 for the public
+    range (what ``Tokenizer.decode`` and ``Generator.generate`` return, ``to_tensor`` gives), 0 for [0, 1]."""
+    return x.detach().double().sub(low).div(1.0 - low).clamp(0, 1).mul(255).round().to(torch.uint8)
+
+
 def load_image(path: str | Path, size: int) -> torch.Tensor:
     """One image file, center-cropped to ``size``: (3, size, size) float32 in [-1, 1]."""
     return to_tensor(center_crop_arr(load_rgb(path), size))

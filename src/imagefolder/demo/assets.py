@@ -1,6 +1,7 @@
 """The demo model shipped inside the package: where it lives, checking it is there, and shipping a new one.
 
-An assets folder holds ``generator/`` (our generator checkpoint, which includes its tokenizer), ``classifier/``
+An assets folder holds ``generator/`` (our generator checkpoint, its tokenizer in ``generator/tokenizer/``; the
+model shipped before that keeps both in one file, which loads as well), ``classifier/``
 (the judge) and ``demo.json`` (the dataset the models were trained on, the command that made them and its
 numbers). Weights are stored in fp16 and loaded as fp32. ``ship`` writes a new folder beside the old one and
 swaps it in with renames, so a reader never sees a half-written model.
@@ -16,7 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME
+from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, folder_files, read_config
 from . import recipes
 
 DEFAULT_ASSETS = Path(__file__).resolve().parent.parent / "assets" / "demo"
@@ -56,9 +57,13 @@ def ship(generator_dir: Path, classifier_dir: Path, info: dict[str, Any], folder
     for leftover in (stage, old):  # from a run killed while shipping
         shutil.rmtree(leftover, ignore_errors=True)
     for src, name in ((generator_dir, GENERATOR), (classifier_dir, CLASSIFIER)):
-        (stage / name).mkdir(parents=True)
-        shutil.copy2(src / CONFIG_NAME, stage / name / CONFIG_NAME)
-        _write_half(src / WEIGHTS_NAME, stage / name / WEIGHTS_NAME)
+        for file in folder_files(read_config(src)):  # a generator's tokenizer/ too
+            dst = stage / name / file
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if file.endswith(WEIGHTS_NAME):
+                _write_half(src / file, dst)
+            else:
+                shutil.copy2(src / file, dst)
     (stage / INFO).write_text(json.dumps(info, indent=2) + "\n")
     if folder.exists():
         folder.rename(old)

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..data.folder import ImageFolderDataset, collate_skip_bad
-from ..data.images import ImageError
+from ..data.images import ImageError, to_uint8
 from ..metrics.classes import accuracy_stderr, class_accuracy
 from ..metrics.codebook import CodeCounts
 from ..metrics.extractors import DomainExtractor
@@ -41,11 +41,13 @@ BATCH = 64
 
 @dataclass
 class EvalImages:
-    samples_N3HW: torch.Tensor     # in [0, 1], class by class (``per_class`` each)
+    """Pictures for the report's figures, all in [-1, 1]."""
+
+    samples_N3HW: torch.Tensor     # class by class (``per_class`` each)
     sample_labels_N: torch.Tensor
-    originals_B3HW: torch.Tensor   # the validation images of the progression, in [0, 1]
-    steps: list[torch.Tensor]      # K reconstructions of them, after 1, 2, ..., K scales, in [0, 1]
-    completions: list[torch.Tensor]  # K + 1 generator completions of them keeping 0, 1, ..., K scales, in [0, 1]
+    originals_B3HW: torch.Tensor   # the validation images of the progression
+    steps: list[torch.Tensor]      # K reconstructions of them, after 1, 2, ..., K scales
+    completions: list[torch.Tensor]  # K + 1 generator completions of them keeping 0, 1, ..., K scales
     row_labels: list[str]          # the class name of each progression row
 
 
@@ -63,10 +65,6 @@ def load_split(root: Path, image_size: int, classes: list[str], limit: int | Non
     if not images or not sum(len(y) for y in labels):
         raise ImageError(f"{root}: no readable images")
     return torch.cat(images), torch.cat(labels)
-
-
-def _uint8(x01_B3HW: torch.Tensor) -> torch.Tensor:
-    return x01_B3HW.clamp(0, 1).mul(255).round().to(torch.uint8)
 
 
 def _sampling() -> dict[str, Any]:
@@ -92,7 +90,7 @@ def generate_samples(gen: Generator, per_class: int, progress: bool) -> tuple[to
 @torch.no_grad()
 def prefix_samples(gen: Generator, x_N3HW: torch.Tensor, labels_N: torch.Tensor, ks: range, progress: bool
                    ) -> dict[int, torch.Tensor]:
-    """For each k of ``ks``: images (N, 3, H, W) in [0, 1] that keep the first k scales of the codes of the real
+    """For each k of ``ks``: images (N, 3, H, W) in [-1, 1] that keep the first k scales of the codes of the real
     pictures ``x`` (in [-1, 1]) and sample the rest for their labels (``recipes.SAMPLING``)."""
     device = gen.pos_1LC.device
     out: dict[int, list[torch.Tensor]] = {k: [] for k in ks}
@@ -110,7 +108,7 @@ def prefix_samples(gen: Generator, x_N3HW: torch.Tensor, labels_N: torch.Tensor,
 
 @torch.no_grad()
 def reconstruct(tok: Tokenizer, x_N3HW: torch.Tensor, progress: bool) -> tuple[torch.Tensor, dict[str, float]]:
-    """Reconstructions (N, 3, H, W) in [0, 1], and their PSNR / SSIM (``metrics.ReconstructionQuality``) and the
+    """Reconstructions (N, 3, H, W) in [-1, 1], and their PSNR / SSIM (``metrics.ReconstructionQuality``) and the
     finest-scale codebook usage (``metrics.codebook.CodeCounts``) of their codes."""
     device = next(tok.parameters()).device
     c = tok.config
@@ -123,7 +121,7 @@ def reconstruct(tok: Tokenizer, x_N3HW: torch.Tensor, progress: bool) -> tuple[t
             recon = tok.decode(codes).float()
             counts.add([[idx.cpu() for idx in branch] for branch in codes])
             quality.add(recon.cpu(), x.cpu())
-            recons.append(((recon + 1) / 2).cpu())
+            recons.append(recon.cpu())
             bar.update(len(x))
     return torch.cat(recons), {"psnr": quality.psnr, "ssim": quality.ssim, "usage_finest": counts.usage_finest()}
 
@@ -135,10 +133,10 @@ def _branch_accuracies(probe: dict[str, Any], branches: int) -> tuple[str, float
     return semantic, probe[semantic], float(np.mean(others)) if others else math.nan
 
 
-def _judged(judge: DomainExtractor, x01_N3HW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The judge's features (N, D) and logits (N, K) of images in [0, 1]."""
-    feats, logits = zip(*(judge.features_and_logits(_uint8(x01_N3HW[i:i + BATCH]))
-                          for i in range(0, len(x01_N3HW), BATCH)))
+def _judged(judge: DomainExtractor, x_N3HW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The judge's features (N, D) and logits (N, K) of images in [-1, 1] (as 8-bit pictures)."""
+    feats, logits = zip(*(judge.features_and_logits(to_uint8(x_N3HW[i:i + BATCH]))
+                          for i in range(0, len(x_N3HW), BATCH)))
     return torch.cat(feats).cpu(), torch.cat(logits).cpu()
 
 
@@ -146,7 +144,7 @@ def _judge_metrics(judge: DomainExtractor, samples: tuple[torch.Tensor, torch.Te
                    val: tuple[torch.Tensor, torch.Tensor], recons_N3HW: torch.Tensor,
                    notes: list[str]) -> dict[str, float]:
     """The judge's class accuracy on samples, reconstructions and real images, and FID in its feature space of
-    samples and of reconstructions against the real images. ``samples`` / ``val``: (images in [0, 1], labels)."""
+    samples and of reconstructions against the real images. ``samples`` / ``val``: (images in [-1, 1], labels)."""
     from ..metrics.fid import FeatureStats
 
     def stats(feat_ND: torch.Tensor) -> FeatureStats:
@@ -201,8 +199,7 @@ def evaluate(gen: Generator, judge_dir: Path, data_dir: Path, device: torch.devi
 
     samples, sample_y = generate_samples(gen, recipes.SAMPLING["per_class"], progress)
     recons, quality = reconstruct(tok, val_x, progress)
-    val01 = (val_x + 1) / 2
-    metrics: dict[str, Any] = _judge_metrics(judge, (samples, sample_y), (val01, val_y), recons, notes)
+    metrics: dict[str, Any] = _judge_metrics(judge, (samples, sample_y), (val_x, val_y), recons, notes)
     metrics.update(tokenizer_val_psnr=quality["psnr"], tokenizer_val_ssim=quality["ssim"],
                    codebook_usage_finest=quality["usage_finest"])
 
@@ -220,9 +217,9 @@ def evaluate(gen: Generator, judge_dir: Path, data_dir: Path, device: torch.devi
                    samples=len(samples), val_images=len(val_x), classes=classes)
 
     rows = _one_per_class(val_y, recipes.RECONSTRUCTION_ROWS)
-    steps = [((s.float() + 1) / 2).cpu() for s in tok.reconstruct_per_scale(val_x[rows].to(device))]
+    steps = [s.float().cpu() for s in tok.reconstruct_per_scale(val_x[rows].to(device))]
     completions = prefix_samples(gen, val_x[rows], val_y[rows], range(len(gen.patch_nums) + 1), progress=False)
-    return metrics, EvalImages(samples, sample_y, val01[rows], steps, list(completions.values()),
+    return metrics, EvalImages(samples, sample_y, val_x[rows], steps, list(completions.values()),
                                [classes[int(val_y[i])] for i in rows])
 
 

@@ -1,6 +1,6 @@
 """Pictures for the demo report, drawn with PIL alone: labelled image grids and small line plots of training curves.
 
-Grids take image batches ``(B, 3, H, W)`` in [0, 1] and upscale small images (nearest neighbour) so a 32 px
+Grids take image batches ``(B, 3, H, W)`` in [-1, 1] and upscale small images (nearest neighbour) so a 32 px
 picture stays visible in a report. A curve is a list of (step, value) points; each panel holds one curve with its
 own value range.
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ..data.images import to_uint8  # noqa: F401  (re-exported: what feature extractors read)
+
 WINDOW_SIZE, WINDOW_SIGMA, K1, K2 = 11, 1.5, 0.01, 0.03
 
 
@@ -74,12 +76,7 @@ def ssim(x_BCHW: torch.Tensor, y_BCHW: torch.Tensor, data_range: float = 1.0) ->
 
 def to_8bit(x_B3HW: torch.Tensor) -> torch.Tensor:
     """Images in [-1, 1] -> [0, 1] on the 256 levels of an 8-bit PNG (float64)."""
-    return x_B3HW.double().add(1).div(2).clamp(0, 1).mul(255).round().div(255)
-
-
-def to_uint8(x_B3HW: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1] -> the uint8 pictures ``to_8bit`` describes (what feature extractors read)."""
-    return to_8bit(x_B3HW).mul(255).round().to(torch.uint8)
+    return to_uint8(x_B3HW).double().div(255)
 
 
 @dataclass

@@ -108,9 +108,7 @@ def save_classifier(model: DomainClassifier, class_names: Sequence[str], out_dir
     return save_model(model, KIND, model.config, out_dir, extra=extra)
 
 
-def load_classifier(path: str | Path) -> tuple[DomainClassifier, list[str]]:
-    """The classifier in ``path`` (a folder, or a folder on the hub: ``hf://OWNER/REPO[/SUBFOLDER]``; in eval mode,
-    on the CPU) and its class names."""
+def _classifier_meta(path: str | Path) -> tuple[Path, dict]:
     from ..hub import resolve
     path = Path(resolve(path))
     if not path.exists():
@@ -119,6 +117,19 @@ def load_classifier(path: str | Path) -> tuple[DomainClassifier, list[str]]:
     if meta.get("kind") != KIND:
         raise CheckpointError(f"{path}: a {meta.get('kind')!r} checkpoint, not a classifier "
                               "(make one with 'imagefolder train-classifier')")
+    return path, meta
+
+
+def read_classifier_config(path: str | Path) -> ClassifierConfig:
+    """The configuration of the classifier in ``path`` (its config.json only; see ``load_classifier``)."""
+    path, meta = _classifier_meta(path)
+    return config_from(ClassifierConfig, meta, path)
+
+
+def load_classifier(path: str | Path) -> tuple[DomainClassifier, list[str]]:
+    """The classifier in ``path`` (a folder, or a folder on the hub: ``hf://OWNER/REPO[/SUBFOLDER]``; in eval mode,
+    on the CPU) and its class names."""
+    path, meta = _classifier_meta(path)
     config = config_from(ClassifierConfig, meta, path)
     class_names = [str(c) for c in meta.get("class_names", [])]
     if len(class_names) != config.num_classes:

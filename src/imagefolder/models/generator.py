@@ -6,6 +6,14 @@ tokenizer's cumulative f_hat after scale si - 1, area-downsampled to pn x pn, br
 Blocks are AdaLN self-attention with L2-normalised q/k and a block-causal mask (a scale sees itself and earlier
 scales). Sampling runs scale by scale with a KV cache, conditional and unconditional halves in one batch.
 
+The generator refers to its tokenizer (``tokenizer``) without owning it: the tokenizer is not a submodule, so the
+generator's ``state_dict``, ``parameters`` and ``train`` / ``eval`` are its own, and the tokenizer stays frozen in
+eval mode. Moving or casting the generator (``to``, ``cuda``, ``half``) moves or casts the tokenizer with it, since
+sampling decodes through it. ``copy.deepcopy`` copies both; ``sharing_tokenizer`` copies the generator's weights
+onto the same tokenizer.
+
+Values: ``generate`` returns pictures in [-1, 1], the range the tokenizer encodes from and decodes to.
+
 Glossary: ``B`` batch, ``L`` tokens over all scales, ``l`` tokens of one scale, ``C`` width, ``D`` condition width
 (= C), ``H`` heads, ``c`` head size, ``V`` codebook size per branch, ``P`` branches, ``Cv = P * Cb`` input channels.
 """
@@ -148,7 +156,7 @@ class Generator(nn.Module):
             tokenizer = Tokenizer(c.tokenizer)
         elif tokenizer.config != c.tokenizer:
             raise ValueError("the tokenizer's configuration differs from the generator's tokenizer configuration")
-        self.tokenizer = tokenizer.requires_grad_(False).eval()
+        self._tokenizer = (tokenizer.requires_grad_(False).eval(),)  # a tuple: nn.Module does not register it
         t = c.tokenizer
         self.P, self.V, self.Cv = t.product_quant, t.codebook_size, t.product_quant * t.codebook_embed_dim
         self.patch_nums = t.v_patch_nums
@@ -176,6 +184,25 @@ class Generator(nn.Module):
         self._lowp = LowPrecisionWeights()
         self.init_weights()
 
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The frozen tokenizer whose codes the generator predicts (a reference, not a submodule)."""
+        return self._tokenizer[0]
+
+    def _apply(self, fn, recurse: bool = True) -> "Generator":
+        # to() / cuda() / half() / float(): the tokenizer follows, since sampling decodes through it
+        super()._apply(fn, recurse)
+        self.tokenizer._apply(fn, recurse)
+        return self
+
+    def sharing_tokenizer(self) -> "Generator":
+        """A copy of the generator's weights (and train / eval mode) on the same tokenizer object; draws no random
+        numbers (e.g. the EMA model a trainer evaluates)."""
+        with torch.device("meta"):
+            copy = Generator(self.config, self.tokenizer)
+        copy.load_state_dict({k: v.detach().clone() for k, v in self.state_dict().items()}, assign=True)
+        return copy.train(self.training)
+
     # constants derived from the scale schedule (the official model stores them as buffers) --------------------
     @property
     def lvl_1L(self) -> torch.Tensor:
@@ -186,15 +213,12 @@ class Generator(nn.Module):
         return block_causal_mask(self.patch_nums, self.pos_1LC.device).to(self.pos_1LC.dtype)
 
     # initialisation (the official VAR recipe) ----------------------------------------------------------------
-    def _own_modules(self):
-        return (m for name, m in self.named_modules() if not name.startswith("tokenizer"))
-
     @torch.no_grad()
     def init_weights(self, init_adaln: float = 0.5, init_adaln_gamma: float = 1e-5, init_head: float = 0.02,
                      init_std: float = -1.0) -> None:
         C = self.config.embed_dim
         std = math.sqrt(1 / C / 3) if init_std < 0 else init_std
-        for m in self._own_modules():
+        for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Embedding)):
                 nn.init.trunc_normal_(m.weight, std=std)
                 if getattr(m, "bias", None) is not None:
@@ -207,11 +231,6 @@ class Generator(nn.Module):
             b.ffn.fc2.weight.div_(math.sqrt(2 * depth))
             b.ada_lin[-1].weight[2 * C:].mul_(init_adaln)
             b.ada_lin[-1].weight[:2 * C].mul_(init_adaln_gamma)
-
-    def train(self, mode: bool = True) -> "Generator":
-        super().train(mode)
-        self.tokenizer.eval()  # the tokenizer is frozen while the generator trains
-        return self
 
     # teacher forcing -----------------------------------------------------------------------------------------
     def _head(self, x_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
@@ -254,7 +273,7 @@ class Generator(nn.Module):
 
     # sampling ------------------------------------------------------------------------------------------------
     def _autocast(self, dtype: torch.dtype):
-        return low_precision(self, dtype, self._lowp)
+        return low_precision((self, self.tokenizer), dtype, self._lowp)
 
     def clear_low_precision_cache(self) -> None:
         """Free the bf16/fp16 weight copies kept between low-precision sampling calls."""
@@ -306,7 +325,7 @@ class Generator(nn.Module):
                  dtype: torch.dtype = torch.float32, return_codes: bool = False, prefix: Codes | None = None,
                  more_smooth: bool = False, temperature: float = 1.0, source: Codes | None = None,
                  keep_mask: torch.Tensor | None = None):
-        """Class-conditional samples (B, 3, H, W) in [0, 1].
+        """Class-conditional samples (B, 3, H, W) in [-1, 1] (float32), the range ``Tokenizer.decode`` returns.
 
         ``seed`` with ``indices`` (global image numbers, default 0..B-1) fixes each image independently of the
         batch it is sampled in. ``dtype`` bfloat16/float16 runs under autocast; float32 is exact.
@@ -375,8 +394,7 @@ class Generator(nn.Module):
 
         with self._autocast(dtype):
             f_hat = self._scale_by_scale(labels_B, choose, cfg, cfg_schedule)
-            img = self.tokenizer.fhat_to_img(f_hat)
-        img = img.float().add(1).mul(0.5)
+            img = self.tokenizer.fhat_to_img(f_hat).float()
         return (img, codes) if return_codes else img
 
     @torch.no_grad()

@@ -27,11 +27,11 @@ class LowPrecisionWeights:
         return entry[2]
 
     @contextlib.contextmanager
-    def swapped(self, module: nn.Module, dtype: torch.dtype):
-        """Inside the block, every fp32 ``nn.Linear`` weight of ``module`` is its cached ``dtype`` copy."""
+    def swapped(self, modules: tuple[nn.Module, ...], dtype: torch.dtype):
+        """Inside the block, every fp32 ``nn.Linear`` weight of ``modules`` is its cached ``dtype`` copy."""
         saved = []
         try:
-            for m in module.modules():
+            for m in (m for module in modules for m in module.modules()):
                 if isinstance(m, nn.Linear) and m.weight.dtype == torch.float32:
                     saved.append((m, m.weight))
                     m.weight = self._copy(m, dtype)
@@ -45,14 +45,14 @@ class LowPrecisionWeights:
 
 
 @contextlib.contextmanager
-def low_precision(module: nn.Module, dtype: torch.dtype, cache: LowPrecisionWeights):
-    """float32: nothing; bfloat16/float16: autocast on the module's device, with its Linear weights taken from
+def low_precision(modules: tuple[nn.Module, ...], dtype: torch.dtype, cache: LowPrecisionWeights):
+    """float32: nothing; bfloat16/float16: autocast on the modules' device, with their Linear weights taken from
     ``cache`` (cast once, reused by later calls)."""
     if dtype == torch.float32:
         yield
         return
     if dtype not in (torch.bfloat16, torch.float16):
         raise ValueError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
-    device_type = next(module.parameters()).device.type
-    with torch.autocast(device_type=device_type, dtype=dtype), cache.swapped(module, dtype):
+    device_type = next(modules[0].parameters()).device.type
+    with torch.autocast(device_type=device_type, dtype=dtype), cache.swapped(modules, dtype):
         yield

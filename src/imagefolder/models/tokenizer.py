@@ -94,7 +94,7 @@ class Tokenizer(nn.Module):
     def precision(self, dtype: torch.dtype):
         """Context manager: run inside it in ``dtype`` (float32: unchanged; bfloat16/float16: autocast, with the
         Linear weights cast once and kept between calls; ``clear_low_precision_cache`` frees them)."""
-        return low_precision(self, dtype, self._lowp)
+        return low_precision((self,), dtype, self._lowp)
 
     def clear_low_precision_cache(self) -> None:
         self._lowp.clear()

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.images import ImageError, center_crop_arr, load_rgb, printable, to_tensor
+from ..data.images import ImageError, center_crop_arr, load_rgb, printable, to_tensor, to_uint8
 from ..models.generator import Generator
 
 DISPLAY_SIDE = 256
@@ -59,10 +59,10 @@ class Settings:
 
 
 def display(imgs_B3HW: torch.Tensor) -> list[np.ndarray]:
-    """Pictures in [0, 1] as (H, W, 3) uint8, enlarged by a whole factor to at least DISPLAY_SIDE pixels."""
+    """Pictures in [-1, 1] as (H, W, 3) uint8, enlarged by a whole factor to at least DISPLAY_SIDE pixels."""
     factor = max(1, -(-DISPLAY_SIDE // imgs_B3HW.shape[-1]))
     big = torch.nn.functional.interpolate(imgs_B3HW.float().cpu(), scale_factor=factor, mode="nearest")
-    return list(big.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    return list(to_uint8(big).permute(0, 2, 3, 1).numpy())
 
 
 def read_picture(path: str | Path | None, limits: Limits) -> np.ndarray:
@@ -169,7 +169,7 @@ class ServeModel:
         first = [[c[:1] for c in branch] for branch in codes]
         with self._lock:
             steps = torch.cat([self.gen.tokenizer.decode([branch[:k] for branch in first])
-                               for k in range(1, self.scales + 1)]).float().add(1).div(2)
+                               for k in range(1, self.scales + 1)])
         return display(imgs), list(zip(display(steps), self._scale_captions()))
 
     def prepare(self, picture_HW3: np.ndarray, painted_HW: np.ndarray | None = None
@@ -193,12 +193,12 @@ class ServeModel:
         keep = painted if keep_painted else 1.0 - painted
         with self._lock:
             codes = self.gen.tokenizer.encode(x)
-            recon = self.gen.tokenizer.decode(codes).float().add(1).div(2)
+            recon = self.gen.tokenizer.decode(codes)
         source = [[c.expand(n, -1) for c in branch] for branch in codes]
         imgs, _ = self._generate(label, n, settings, source=source, keep_mask=keep.to(self.device))
-        picture = x.float().add(1).div(2)
-        kept_view = picture * (0.25 + 0.75 * (keep.to(self.device) >= 0.5).float())
-        shown = display(torch.cat([picture, recon, kept_view, imgs]))
+        picture = x.float()
+        kept_view = (picture + 1) * (0.25 + 0.75 * (keep.to(self.device) >= 0.5).float()) - 1  # the rest darker
+        shown = display(torch.cat([picture, recon.float(), kept_view, imgs]))
         captions = ["picture", "reconstruction", "kept (bright)"] + [f"edit {i + 1}" for i in range(n)]
         return list(zip(shown, captions))
 
@@ -208,14 +208,14 @@ class ServeModel:
         x, _ = self.prepare(picture_HW3)
         with self._lock:
             steps = self.gen.tokenizer.reconstruct_per_scale(x)
-        shown = display(torch.cat([x.float(), *(s.float() for s in steps)]).add(1).div(2))
+        shown = display(torch.cat([x.float(), *(s.float() for s in steps)]))
         return list(zip(shown, ["picture", *self._scale_captions()]))
 
     def example_pictures(self, count: int = 4) -> list[np.ndarray]:
         """Built-in shapes pictures at the model's size, enlarged for the page (pictures to pick for editing)."""
         from ..data.builtin import builtin_images
         pictures, _ = builtin_images(count, self.size, seed=0, stream=1)
-        return display(torch.from_numpy(pictures).permute(0, 3, 1, 2).float().div(255))
+        return display(torch.stack([to_tensor(p) for p in pictures]))
 
 
 def class_names(gen: Generator, spec: str | None, names_file: str | Path | None = None) -> list[str]:

@@ -30,7 +30,7 @@ from ..data.images import ImageError
 from ..distributed import DistInfo, all_gather_object, pick_device
 from ..metrics.classes import class_accuracy, correct_predictions
 from ..models.classifier import ClassifierConfig, DomainClassifier, classifier_preset, save_classifier
-from .engine import Trainer
+from .engine import Schedule, Trainer
 from .optim import adamw
 from .options import ClassifierTrainOptions
 from .validation import validation_batches
@@ -58,7 +58,7 @@ class ClassifierTrainer(Trainer):
     def train_dataset(self) -> ImageFolderDataset:
         return self.train_set
 
-    def build(self) -> None:
+    def build(self, schedule: Schedule) -> None:
         self.model = DomainClassifier(self.model_config).to(self.device).train()
         self.module = self.model
         if self.info.world_size > 1:

@@ -51,9 +51,27 @@ def _nonfinite_keys(tree: Any, prefix: str = "") -> list[str]:
     return []
 
 
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """How long a run is: fixed once the training data is known, before the models are built (``build`` gets it)."""
+
+    steps_per_epoch: int
+    schedule_steps: int   # what the lr schedule spans: the configured epochs
+    total_steps: int      # where the run stops: ``max_steps`` only stops it earlier
+    warmup_steps: int
+
+    @classmethod
+    def of(cls, opts, steps_per_epoch: int) -> "Schedule":
+        schedule_steps = opts.epochs * steps_per_epoch
+        total = schedule_steps if opts.max_steps is None else min(schedule_steps, opts.max_steps)
+        warmup = opts.warmup_steps if opts.warmup_steps is not None else int(round(opts.warmup_epochs * steps_per_epoch))
+        return cls(steps_per_epoch, schedule_steps, total, warmup)
+
+
 class Trainer(abc.ABC):
     """Subclasses set ``kind`` and implement ``build``, ``train_step``, ``validate``, ``export`` and
-    ``model_states`` / ``load_model_states``."""
+    ``model_states`` / ``load_model_states``. ``opts`` and ``model_config`` arrive resolved and frozen (what the
+    run logs is what it trains)."""
 
     kind = "model"
     best_metric: tuple[str, bool] = ("loss", False)  # (validation metric, higher is better)
@@ -96,7 +114,7 @@ class Trainer(abc.ABC):
 
     # hooks -------------------------------------------------------------------------------------------------------
     @abc.abstractmethod
-    def build(self) -> None:
+    def build(self, schedule: Schedule) -> None:
         ...
 
     @abc.abstractmethod
@@ -192,17 +210,19 @@ class Trainer(abc.ABC):
     def lr_now(self, base_lr: float) -> float:
         step = self.step
         if self.opts.time_budget_minutes:  # the schedule follows the clock, so it ends with the budget
-            step = max(step, int(self.budget_share() * self.schedule_steps))
-        return base_lr * lr_factor(step, self.schedule_steps, self.warmup_steps, self.opts.lr_scheduler,
-                                   self.opts.final_lr_ratio)
+            step = max(step, int(self.budget_share() * self.schedule.schedule_steps))
+        return base_lr * lr_factor(step, self.schedule.schedule_steps, self.schedule.warmup_steps,
+                                   self.opts.lr_scheduler, self.opts.final_lr_ratio)
 
     # the loop ------------------------------------------------------------------------------------------------------
     def _loader(self, dataset: Dataset) -> tuple[DataLoader, ResumableSampler]:
+        """Batches of ``dataset`` by its own ``collate`` when it has one (codes), else ``collate_skip_bad``."""
         sampler = ResumableSampler(len(dataset), rank=self.info.rank, world_size=self.info.world_size,
                                    seed=self.opts.global_seed, shuffle=True)
         g = torch.Generator().manual_seed(self.opts.global_seed)  # worker seeds drawn here, not from the global RNG
         loader = DataLoader(dataset, batch_size=self.micro_batch, sampler=sampler, drop_last=True,
-                            num_workers=self.opts.num_workers, collate_fn=collate_skip_bad, generator=g,
+                            num_workers=self.opts.num_workers, collate_fn=getattr(dataset, "collate", collate_skip_bad),
+                            generator=g,
                             pin_memory=self.device.type == "cuda", persistent_workers=False)
         return loader, sampler
 
@@ -222,9 +242,9 @@ class Trainer(abc.ABC):
                     for item in batch.bad:
                         self.bad_files.append(item.path)
                         self.log.line(f"skipped unreadable file {printable(item.path)}: {printable(item.reason)}")
-                if batch.images.numel():
+                if len(batch):
                     group.append(batch)
-                    readable += batch.images.shape[0]
+                    readable += len(batch)
                 if self.micro_in_epoch % A == 0:
                     if group:
                         yield group
@@ -316,23 +336,18 @@ class Trainer(abc.ABC):
             self.check_validation_data()
         loader, sampler = self._loader(dataset)
         A = self.opts.gradient_accumulation_steps
-        self.steps_per_epoch = len(loader) // A
-        if self.steps_per_epoch == 0:
+        if len(loader) // A == 0:
             raise TrainingError(f"the training set ({len(dataset)} images) is smaller than one step of "
                                 f"{self.opts.global_batch_size} images; lower global_batch_size")
-        self.schedule_steps = self.opts.epochs * self.steps_per_epoch  # the lr schedule spans the epochs
-        self.total_steps = min(self.schedule_steps, self.opts.max_steps) if self.opts.max_steps is not None \
-            else self.schedule_steps  # max_steps only stops the run earlier
-        self.warmup_steps = self.opts.warmup_steps if self.opts.warmup_steps is not None \
-            else int(round(self.opts.warmup_epochs * self.steps_per_epoch))
-        self.build()
+        self.schedule = schedule = Schedule.of(self.opts, len(loader) // A)
+        self.build(schedule)
         torch.manual_seed(self.opts.global_seed + self.info.rank)  # each process its own dropout draws
         if self.resume_path:
             self._resume()
-        self.log.line(f"training {self.kind}: {self.total_steps} steps of {self.opts.global_batch_size} images "
-                      f"({self.steps_per_epoch} steps per epoch, {self.info.world_size} process(es), micro-batch "
+        self.log.line(f"training {self.kind}: {schedule.total_steps} steps of {self.opts.global_batch_size} images "
+                      f"({schedule.steps_per_epoch} steps per epoch, {self.info.world_size} process(es), micro-batch "
                       f"{self.micro_batch} x {A} accumulation) on {self.device}")
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.show_progress, desc=f"train {self.kind}",
+        bar = tqdm(total=schedule.total_steps, initial=self.step, disable=not self.show_progress, desc=f"train {self.kind}",
                    dynamic_ncols=True)
         t0, last_val = time.time(), {}
         self._t_start, self._images, self._logs = t0, 0, {}
@@ -340,7 +355,7 @@ class Trainer(abc.ABC):
         batches = self._micro_batches(loader, sampler, dataset)
         stop, self.stopped_by_budget = {}, False
         with stop_signals_noted(stop):
-            while self.step < self.total_steps:
+            while self.step < schedule.total_steps:
                 signum = float(stop.get("signum", 0))
                 over = 1.0 if self.opts.time_budget_minutes and self.budget_share() >= 1.0 else 0.0
                 flags = all_reduce_(torch.tensor([signum, over], device=self.device), "max")  # all stop together
@@ -386,15 +401,15 @@ class Trainer(abc.ABC):
         """One optimizer step, its logging, validation and checkpoint; True when the run has reached its end."""
         micro = next(batches)
         self._logs = logs = self.train_step(micro)
-        self._images += sum(b.images.shape[0] for b in micro) * self.info.world_size
+        self._images += sum(len(b) for b in micro) * self.info.world_size
         self.step += 1
         bar.update(1)
         bar.set_postfix({k: f"{v:.3g}" for k, v in list(logs.items())[:4]}, refresh=False)
-        if self.step % self.opts.log_every == 0 or self.step == self.total_steps:
+        if self.step % self.opts.log_every == 0 or self.step == self.schedule.total_steps:
             rate = self._images / max(time.time() - self._t_start, 1e-9)
             self.log.scalars({**logs, "images_per_s": rate, "nonfinite_total": self.nonfinite_total}, self.step)
             self.history.append({"step": self.step, **logs})
-        if self.step == self.total_steps:
+        if self.step == self.schedule.total_steps:
             return True
         if self.opts.val_every and self.step % self.opts.val_every == 0:
             self._validate_and_keep_best()

@@ -6,7 +6,8 @@ One step: each micro-batch's codes (tokenized on the fly in float32 by the froze
 batch, tokens and branches (the official loss). Label dropout (cond_drop_rate, for guidance) and token masking
 (p_drop) happen inside the model in training mode. One AdamW step with the VAR recipe (lr = tblr * batch / 256,
 warm-up then linear decay, no weight decay on norms, biases, embeddings and position tables), then the EMA of the
-generator's own weights (the frozen tokenizer is not averaged; the official trainer keeps no EMA).
+generator's own weights (the frozen tokenizer is not part of the generator, so it is neither trained, averaged
+nor saved in the training checkpoints; the official trainer keeps no EMA).
 
 Validation (EMA weights): cross-entropy without smoothing and top-1 accuracy over the validation images, overall
 and per scale (averaged over branches); "best" is the lowest validation loss. A grid of samples for a few classes
@@ -17,7 +18,6 @@ Glossary: ``B`` micro-batch, ``L`` tokens per branch over all scales, ``P`` bran
 """
 from __future__ import annotations
 
-import copy
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -27,78 +27,28 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import Dataset
 
-from ..config import ConfigError, GeneratorConfig, generator_model_config
-from ..data.folder import Batch, ImageFolderDataset, find_classes, split_dir
+from ..data.folder import Batch, ImageFolderDataset, split_dir
 from ..data.fresh import FreshPictures
-from ..checkpoint import save_model
 from ..distributed import all_reduce_
-from ..loading import _tokenizer_config, load_generator, load_tokenizer
+from ..loading import load_generator, load_tokenizer, save_generator
 from ..models.generator import Generator, scale_levels
 from .control import TrainingError
-from .engine import Trainer
+from .engine import Schedule, Trainer
 from .optim import EMA, adamw, param_groups
-from .pretokenize import (CodesDataset, check_cache_tokenizer, codes_BPL, read_cache_meta, split_codes,
-                          tokenizer_fingerprint)
+from .pretokenize import CodesDataset, check_cache_tokenizer, codes_BPL, split_codes, tokenizer_fingerprint
 from .validation import validation_batches, validation_set
-
-_TOKENIZER_KEYS = "tokenizer."
-
-
-def training_classes(opts) -> list[str]:
-    """Class names of the training data: the codes cache's, else the image folder's."""
-    if opts.codes_cache:
-        return list(read_cache_meta(opts.codes_cache)["classes"])
-    if opts.data_path:
-        return find_classes(split_dir(opts.data_path, "train"))
-    raise ConfigError("no training data: set data_path (images) or codes_cache (imagefolder pretokenize output)")
-
-
-# the architecture a var_ckpt fixes (the other model keys, e.g. cond_drop_rate or drop_path_rate, may change)
-_FIXED_BY_CKPT = ("depth", "embed_dim", "num_heads", "mlp_ratio", "num_classes", "attn_l2_norm", "shared_aln")
-
-
-def init_generator(opts) -> Generator:
-    """The generator ``var_ckpt`` names, on ``opts.tokenizer`` (needed for VAR's release) or its own tokenizer."""
-    return load_generator(opts.var_ckpt, tokenizer=opts.tokenizer)
-
-
-def generator_config(opts, model_vals: dict[str, Any]) -> GeneratorConfig:
-    """``model_preset`` + the YAML's model keys, with the tokenizer configuration of ``opts.tokenizer`` and, unless
-    the keys give it, ``num_classes`` = the number of classes of the training data. With ``var_ckpt`` the
-    checkpoint's configuration + the YAML's model keys that do not change its architecture."""
-    if opts.var_ckpt:
-        base = init_generator(opts).config
-        clash = [k for k in _FIXED_BY_CKPT if k in model_vals and model_vals[k] != getattr(base, k)]
-        if clash:
-            raise ConfigError(f"var_ckpt {opts.var_ckpt} fixes " + ", ".join(f"{k}={getattr(base, k)}" for k in clash)
-                              + f" (the config asks for {', '.join(f'{k}={model_vals[k]}' for k in clash)}); drop "
-                              "these keys")
-        return GeneratorConfig(**{**base.to_dict(), **model_vals, "tokenizer": base.tokenizer})
-    if not opts.tokenizer:
-        raise ConfigError("no tokenizer: pass --tokenizer CKPT (e.g. a train-tokenizer run's OUT/best, or an "
-                          "official tokenizer .pt)")
-    values = {**model_vals, "tokenizer": _tokenizer_config(opts.tokenizer)}
-    if "num_classes" not in values:
-        values["num_classes"] = len(training_classes(opts))
-    return generator_model_config(opts.model_preset, values)
-
-
-def own_state(gen: Generator) -> dict[str, torch.Tensor]:
-    """The generator's state without its frozen tokenizer's."""
-    return {k: v for k, v in gen.state_dict().items() if not k.startswith(_TOKENIZER_KEYS)}
-
 
 class GeneratorTrainer(Trainer):
     kind = "generator"
     best_metric = ("loss", False)
 
     def __init__(self, opts, model_config, out_dir, info, **kw):
-        self._init_gen = init_generator(opts) if opts.var_ckpt else None  # weights to start from
-        # before the base class creates OUT: a wrong path fails first
+        # the models are read once, here, before the base class creates OUT: a wrong path fails first
+        self._init_gen = load_generator(opts.var_ckpt, tokenizer=opts.tokenizer) if opts.var_ckpt else None
         tok = self._init_gen.tokenizer if self._init_gen is not None else load_tokenizer(opts.tokenizer)
         if tok.config != model_config.tokenizer:
             raise TrainingError(f"the tokenizer {opts.tokenizer} does not have the configuration the generator "
-                                "configuration names; build the configuration with generator_config()")
+                                "configuration names; resolve the configuration with options.generator_config()")
         super().__init__(opts, model_config, out_dir, info, **kw)
         self.tok = tok.to(self.device).requires_grad_(False).eval()
 
@@ -136,14 +86,14 @@ class GeneratorTrainer(Trainer):
         self._val_dataset()  # a missing folder or foreign class folders stop the run before step 1
 
     # model -----------------------------------------------------------------------------------------------------
-    def build(self) -> None:
+    def build(self, schedule: Schedule) -> None:
         o, dev = self.opts, self.device
         gen = Generator(self.model_config, self.tok)
         gen.init_weights(init_adaln_gamma=o.init_adaln_gamma)
         if self._init_gen is not None:  # fine-tuning: every weight of the checkpoint (empty_emb stays new if p_drop)
-            result = gen.load_state_dict(own_state(self._init_gen), strict=False)
+            result = gen.load_state_dict(self._init_gen.state_dict(), strict=False)
             assert not result.unexpected_keys, result.unexpected_keys
-            missing = [k for k in result.missing_keys if not k.startswith(_TOKENIZER_KEYS)]
+            missing = list(result.missing_keys)
             if missing and missing != ["empty_emb.weight"]:
                 raise TrainingError(f"var_ckpt {o.var_ckpt} lacks {missing[:4]}")
             self._init_gen = None
@@ -152,8 +102,7 @@ class GeneratorTrainer(Trainer):
         self.eval_gen = self.gen
         if o.ema:
             self.ema = EMA(self.gen, o.ema_decay)
-            self.ema.shadow = {k: v for k, v in self.ema.shadow.items() if not k.startswith(_TOKENIZER_KEYS)}
-            self.eval_gen = copy.deepcopy(self.gen, memo={id(self.tok): self.tok}).eval()  # shares the tokenizer
+            self.eval_gen = self.gen.sharing_tokenizer().eval()
         self.module = torch.compile(self.gen) if o.compile else self.gen
         if self.info.world_size > 1:
             self.module = DDP(self.module, device_ids=[dev.index] if dev.type == "cuda" else None)
@@ -162,10 +111,18 @@ class GeneratorTrainer(Trainer):
 
     # one step ----------------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def _codes(self, images_or_codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(codes (B, P, L) int64, teacher-forcing input) of images (B, 3, H, W) or of cached codes (B, P, L)."""
-        x = images_or_codes.to(self.device, non_blocking=True)
-        codes = codes_BPL(self.tok.encode(x)) if x.is_floating_point() else x.long()
+    def _codes(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(codes (B, P, L) int64, teacher-forcing input) of a batch: its cached codes, or its pictures encoded."""
+        if batch.codes is not None:
+            return self._teacher_forcing(batch.codes.to(self.device, non_blocking=True).long())
+        return self._encode(batch.images)
+
+    @torch.no_grad()
+    def _encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``_codes`` of pictures (B, 3, H, W) in [-1, 1], tokenized by the frozen tokenizer."""
+        return self._teacher_forcing(codes_BPL(self.tok.encode(images.to(self.device, non_blocking=True))))
+
+    def _teacher_forcing(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return codes, self.tok.var_input(split_codes(codes, self.model_config.patch_nums))
 
     def _logits_BLPV(self, model, labels_B: torch.Tensor, x_in: torch.Tensor) -> torch.Tensor:
@@ -178,7 +135,7 @@ class GeneratorTrainer(Trainer):
         self.module.train()
         sums = {"loss": 0.0, "acc": 0.0}
         for i, batch in enumerate(micro):
-            codes_BPL_, x_in = self._codes(batch.images)  # from the cache, Batch.images holds codes (B, P, L)
+            codes_BPL_, x_in = self._codes(batch)
             target_BLP = codes_BPL_.transpose(1, 2)
             labels = batch.labels.to(self.device, non_blocking=True)
             with self.no_sync(self.module, i == len(micro) - 1), self.autocast():
@@ -214,7 +171,7 @@ class GeneratorTrainer(Trainer):
         K, P = len(pn), self.gen.P
         stats = torch.zeros(2 + K, device=dev)  # loss sum, images, correct codes per scale
         for x, labels in validation_batches(self, val):
-            codes_BPL_, x_in = self._codes(x)
+            codes_BPL_, x_in = self._encode(x)
             target_BLP = codes_BPL_.transpose(1, 2)
             with self.autocast():
                 logits = self._logits_BLPV(gen, labels.to(dev), x_in).float()
@@ -248,11 +205,10 @@ class GeneratorTrainer(Trainer):
         """The (EMA) generator with its tokenizer, in the format ``load_generator`` / ``imagefolder sample`` read,
         and the training classes' names in class id order (``class_names`` in config.json; ``imagefolder serve``
         shows them)."""
-        gen = self._eval_model()
-        save_model(gen, "generator", gen.config, out_dir, extra={"class_names": [str(c) for c in self.classes]})
+        save_generator(self._eval_model(), out_dir, extra={"class_names": [str(c) for c in self.classes]})
 
     def model_states(self) -> dict[str, Any]:
-        s = {"generator": own_state(self.gen), "opt": self.opt.state_dict(),
+        s = {"generator": self.gen.state_dict(), "opt": self.opt.state_dict(),
              "tokenizer_fingerprint": self.tok_fingerprint}
         if self.ema is not None:
             s["ema"] = self.ema.state_dict()
@@ -263,7 +219,7 @@ class GeneratorTrainer(Trainer):
             raise TrainingError(f"the checkpoint was trained with a different tokenizer than {self.opts.tokenizer}; "
                                 "resume with the tokenizer the run started with")
         missing, unexpected = self.gen.load_state_dict(states["generator"], strict=False)
-        wrong = [k for k in missing if not k.startswith(_TOKENIZER_KEYS)] + list(unexpected)
+        wrong = list(missing) + list(unexpected)
         if wrong:
             raise TrainingError(f"the checkpoint's generator does not match the configuration: {wrong[:5]}")
         self.opt.load_state_dict(states["opt"])

@@ -5,6 +5,11 @@ the options dataclass) or a model field (a field of ``TokenizerConfig`` / ``Gene
 ``model_preset``). Dashes and underscores are interchangeable (``--global-batch-size`` = ``global_batch_size``).
 A few official keys that describe what the official code could choose but we implement one way are accepted only
 with that value (``ACCEPTED_ONLY``). Any other key is an error that names it and suggests the closest known key.
+
+``load_options`` is the one place a run's configuration is resolved: derived defaults (the generator's lr from
+tblr, its warm-up), what comes from other files (the tokenizer configuration a generator is trained on, a
+classifier teacher's configuration, a fine-tuned checkpoint's architecture) and the training data's class count.
+Options and model configurations come out frozen, before a trainer logs them; trainers read, never change them.
 """
 from __future__ import annotations
 
@@ -15,7 +20,9 @@ from typing import Any, get_type_hints
 
 import yaml
 
-from ..config import VQ_MODEL_CH_MULT, ConfigError, GeneratorConfig, TokenizerConfig, tokenizer_model_config
+from ..config import (VQ_MODEL_CH_MULT, ConfigError, GeneratorConfig, TokenizerConfig, generator_model_config,
+                      tokenizer_model_config)
+from ..data.folder import find_classes, split_dir
 
 
 def normalise_key(key: str) -> str:
@@ -116,14 +123,15 @@ def build_options(cls, model_cls, values: dict[str, Any], accepted_only: dict[st
             close = difflib.get_close_matches(k, known, n=1)
             hints_txt.append(f"{k}" + (f" (did you mean {close[0]}?)" if close else ""))
         raise ConfigError(f"unknown config key(s): {', '.join(hints_txt)}")
-    options = cls(**train_vals)
+    options = cls(**train_vals)          # resolved and checked at construction
     model = options.model_config(model_vals)
     return options, model
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class CommonOptions:
-    """Options shared by both training stages (official names where the official trainers have one)."""
+    """Options shared by the training stages (official names where the official trainers have one). Frozen:
+    derived values are filled in at construction (``resolve``), then checked (``check``)."""
 
     data_path: str = ""                  # training images, ImageFolder layout (DIR/CLASS/img.png), or DIR with train/
     val_data_path: str | None = None     # validation images (default: DATA/val when it exists)
@@ -165,6 +173,18 @@ class CommonOptions:
     wandb: bool = False
     wandb_project: str = "imagefolder"
 
+    def __post_init__(self) -> None:
+        for name, value in self.resolved().items():
+            object.__setattr__(self, name, value)
+        self.check()
+
+    def resolved(self) -> dict[str, Any]:
+        """Derived values of fields left at their "derive me" value (none here)."""
+        return {}
+
+    def check(self) -> None:
+        self.check_common()
+
     def check_common(self) -> None:
         def need(cond: bool, msg: str) -> None:
             if not cond:
@@ -194,7 +214,7 @@ TOKENIZER_ACCEPTED_ONLY: dict[str, tuple] = {
 }
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class TokenizerTrainOptions(CommonOptions):
     """Tokenizer training (the authors' configs/tokenizer.yaml keys plus the XQ-GAN trainer's loss keys)."""
 
@@ -240,13 +260,25 @@ class TokenizerTrainOptions(CommonOptions):
     save_best_metric: str = "psnr"       # psnr | ssim | rfid | usage (what "best" means)
 
     def model_config(self, model_vals: dict[str, Any]) -> TokenizerConfig:
-        self.check()
+        """``model_preset`` + the model keys, with the classifier teacher's configuration (from
+        ``semantic_teacher``, or from ``vq_ckpt`` when fine-tuning) when ``semantic_guide`` is classifier."""
         cfg = tokenizer_model_config(self.model_preset, model_vals)
         for part, method in (("enc", self.enc_tuning_method), ("dec", self.dec_tuning_method)):
             if method == "lora" and getattr(cfg, f"{part}_type") == "cnn":
                 raise ConfigError(f"{part}_tuning_method: lora adapts the MLPs of a ViT; the conv {part}oder "
                                   "(cnn) trains full or frozen")
-        return cfg
+        if cfg.semantic_guide != "classifier":
+            return cfg
+        teacher = cfg.teacher
+        if self.semantic_teacher:
+            from ..models.classifier import read_classifier_config
+            teacher = read_classifier_config(self.semantic_teacher).to_dict()
+            if cfg.teacher and cfg.teacher != teacher:
+                raise ConfigError(f"semantic_teacher {self.semantic_teacher} does not match the config's teacher")
+        elif self.vq_ckpt and not teacher:  # fine-tuning: the teacher comes with the weights
+            from ..loading import _tokenizer_config
+            teacher = _tokenizer_config(self.vq_ckpt).teacher
+        return dataclasses.replace(cfg, teacher=teacher)
 
     def check(self) -> None:
         self.check_common()
@@ -275,7 +307,7 @@ GENERATOR_ACCEPTED_ONLY: dict[str, tuple] = {
 }
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class GeneratorTrainOptions(CommonOptions):
     """Generator (VAR) training; the VAR recipe's names in brackets: lr = tblr * global_batch_size / 256.
 
@@ -307,15 +339,17 @@ class GeneratorTrainOptions(CommonOptions):
     sample_top_p: float = 0.95
 
     def model_config(self, model_vals: dict[str, Any]) -> GeneratorConfig:
-        self.check()
-        from .generator_trainer import generator_config
         return generator_config(self, model_vals)
 
-    def check(self) -> None:
+    def resolved(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
         if self.lr == 0:
-            self.lr = self.tblr * self.global_batch_size / 256
+            out["lr"] = self.tblr * self.global_batch_size / 256
         if self.warmup_epochs == 0 and self.warmup_steps is None:
-            self.warmup_epochs = self.epochs / 50
+            out["warmup_epochs"] = self.epochs / 50
+        return out
+
+    def check(self) -> None:
         self.check_common()
         if self.codes_cache and self.fresh_pictures:
             raise ConfigError("fresh_pictures draws new pictures every epoch, a codes cache holds fixed ones: drop "
@@ -327,7 +361,7 @@ class GeneratorTrainOptions(CommonOptions):
 
 
 # classifier training -------------------------------------------------------------------------------------------
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ClassifierTrainOptions(CommonOptions):
     """The domain classifier (``train_classifier``): AdamW with weight decay on every parameter, no clipping, no
     EMA, a short linear warm-up, then cosine decay to 0; the final model only (``save_best`` off)."""
@@ -359,3 +393,41 @@ def load_options(cls, accepted_only: dict[str, tuple], config_path: str | Path |
             values.setdefault(f"{part}oder_ch_mult", levels)
     model_cls = TokenizerConfig if cls is TokenizerTrainOptions else GeneratorConfig
     return build_options(cls, model_cls, values, accepted_only)
+
+
+# the generator's model configuration --------------------------------------------------------------------------
+# the architecture a var_ckpt fixes (the other model keys, e.g. cond_drop_rate or drop_path_rate, may change)
+_FIXED_BY_CKPT = ("depth", "embed_dim", "num_heads", "mlp_ratio", "num_classes", "attn_l2_norm", "shared_aln")
+
+
+def training_classes(opts) -> list[str]:
+    """Class names of the training data: the codes cache's, else the image folder's."""
+    if opts.codes_cache:
+        from .pretokenize import read_cache_meta
+        return list(read_cache_meta(opts.codes_cache)["classes"])
+    if opts.data_path:
+        return find_classes(split_dir(opts.data_path, "train"))
+    raise ConfigError("no training data: set data_path (images) or codes_cache (imagefolder pretokenize output)")
+
+
+def generator_config(opts: GeneratorTrainOptions, model_vals: dict[str, Any]) -> GeneratorConfig:
+    """``model_preset`` + the YAML's model keys, with the tokenizer configuration of ``opts.tokenizer`` and, unless
+    the keys give it, ``num_classes`` = the number of classes of the training data. With ``var_ckpt`` the
+    checkpoint's configuration + the YAML's model keys that do not change its architecture. Reads configurations
+    only (our folders' config.json; an official file's configuration is inside it)."""
+    from ..loading import _generator_config, _tokenizer_config
+    if opts.var_ckpt:
+        base = _generator_config(opts.var_ckpt, tokenizer=opts.tokenizer)
+        clash = [k for k in _FIXED_BY_CKPT if k in model_vals and model_vals[k] != getattr(base, k)]
+        if clash:
+            raise ConfigError(f"var_ckpt {opts.var_ckpt} fixes " + ", ".join(f"{k}={getattr(base, k)}" for k in clash)
+                              + f" (the config asks for {', '.join(f'{k}={model_vals[k]}' for k in clash)}); drop "
+                              "these keys")
+        return GeneratorConfig(**{**base.to_dict(), **model_vals, "tokenizer": base.tokenizer})
+    if not opts.tokenizer:
+        raise ConfigError("no tokenizer: pass --tokenizer CKPT (e.g. a train-tokenizer run's OUT/best, or an "
+                          "official tokenizer .pt)")
+    values = {**model_vals, "tokenizer": _tokenizer_config(opts.tokenizer)}
+    if "num_classes" not in values:
+        values["num_classes"] = len(training_classes(opts))
+    return generator_model_config(opts.model_preset, values)

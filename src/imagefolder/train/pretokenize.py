@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from ..checkpoint import atomic_write
 from ..config import TokenizerConfig
-from ..data.folder import BadItem, ImageFolderDataset, collate_skip_bad, flip_decision
+from ..data.folder import BadItem, ImageFolderDataset, collate_codes, collate_skip_bad, flip_decision
 from ..data.images import ImageError, printable
 from ..models.tokenizer import Codes, Tokenizer
 from .control import TrainingError
@@ -157,7 +157,10 @@ def check_cache_tokenizer(path: str | Path, meta: dict[str, Any], tokenizer: Tok
 
 class CodesDataset(Dataset):
     """Items ``(codes (P, L) int64, label, index)`` from a codes cache, or a ``BadItem`` for a file that was
-    unreadable when the cache was written. ``flip``: mirrored codes where ``flip_decision(seed, epoch, index)``."""
+    unreadable when the cache was written. ``flip``: mirrored codes where ``flip_decision(seed, epoch, index)``.
+    ``collate``: batches them into ``Batch.codes``."""
+
+    collate = staticmethod(collate_codes)
 
     def __init__(self, path: str | Path, *, flip: bool = False, seed: int = 0):
         self.path = Path(path)

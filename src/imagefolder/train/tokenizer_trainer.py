@@ -13,7 +13,6 @@ Glossary: ``B`` micro-batch, ``P`` branches, ``K`` scales, ``V`` codebook size.
 from __future__ import annotations
 
 import copy
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from ..metrics.codebook import CodeCounts, recent_usage
 from ..metrics.image_quality import ReconstructionQuality, to_uint8
 from ..models.tokenizer import Tokenizer
 from .control import TrainingError
-from .engine import Trainer
+from .engine import Schedule, Trainer
 from .validation import validation_batches, validation_set
 from .optim import EMA, adamw, param_groups
 from .tuning import apply_tuning, merged_state_dict
@@ -77,26 +76,16 @@ class TokenizerTrainer(Trainer):
 
     # model -----------------------------------------------------------------------------------------------------------
     def _teacher(self):
-        """The classifier teacher named by semantic_teacher (its config goes into the tokenizer config)."""
+        """The classifier teacher named by semantic_teacher (its configuration is already the config's teacher)."""
         from ..models.classifier import load_classifier
-        if not self.opts.semantic_teacher:
-            raise TrainingError("semantic_guide: classifier needs semantic_teacher: DIR (a train-classifier output)")
         teacher, _ = load_classifier(self.opts.semantic_teacher)
-        if self.model_config.teacher and self.model_config.teacher != teacher.config.to_dict():
+        if self.model_config.teacher != teacher.config.to_dict():
             raise TrainingError(f"semantic_teacher {self.opts.semantic_teacher} does not match the config's teacher")
-        self.model_config = dataclasses.replace(self.model_config, teacher=teacher.config.to_dict())
         return teacher
 
-    def build(self) -> None:
+    def build(self, schedule: Schedule) -> None:
         o, dev = self.opts, self.device
-        teacher = None
-        if self.model_config.semantic_guide == "classifier":
-            if o.semantic_teacher:
-                teacher = self._teacher()
-            elif o.vq_ckpt and not self.model_config.teacher:  # fine-tuning: the teacher comes with the weights
-                from ..loading import _tokenizer_config
-                self.model_config = dataclasses.replace(self.model_config,
-                                                        teacher=_tokenizer_config(o.vq_ckpt).teacher)
+        teacher = self._teacher() if self.model_config.semantic_guide == "classifier" and o.semantic_teacher else None
         tok = Tokenizer(self.model_config, pretrained_backbone=parse_pretrained(o.pretrained_backbone))
         if teacher is not None:
             tok.semantic_model.load_state_dict(teacher.state_dict(), strict=True)
@@ -130,7 +119,7 @@ class TokenizerTrainer(Trainer):
         self.perceptual = (build_perceptual(o.perceptual_net, o.perceptual_weights).to(dev)
                            if o.perceptual_weight > 0 else None)
         self.disc = self.disc_module = None
-        self.disc_start = o.disc_start if o.disc_start is not None else o.disc_epoch_start * self.steps_per_epoch
+        self.disc_start = o.disc_start if o.disc_start is not None else o.disc_epoch_start * schedule.steps_per_epoch
         if o.disc_type != "none":
             kw: dict[str, Any] = {}
             if o.disc_type == "patchgan":
