@@ -24,6 +24,12 @@ def group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(NORM_GROUPS, channels, eps=1e-6, affine=True)
 
 
+def swish(x_BCHW: torch.Tensor) -> torch.Tensor:
+    """SiLU of a norm's fresh output: in place when no gradient is recorded (the same values, one full-resolution
+    tensor less to write at 256 px), out of place in training."""
+    return F.silu(x_BCHW, inplace=not torch.is_grad_enabled())
+
+
 class ResnetBlock(nn.Module):
     """x + conv(swish(norm(conv(swish(norm(x)))))), with a 1x1 shortcut when the width changes."""
 
@@ -37,8 +43,8 @@ class ResnetBlock(nn.Module):
         self.nin_shortcut = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else None
 
     def forward(self, x_BCHW: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x_BCHW)))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        h = self.conv1(swish(self.norm1(x_BCHW)))
+        h = self.conv2(self.dropout(swish(self.norm2(h))))
         skip = x_BCHW if self.nin_shortcut is None else self.nin_shortcut(x_BCHW)
         return skip + h
 
@@ -139,7 +145,7 @@ class ConvEncoder(nn.Module):
             h = level(h)
         for block in self.mid:
             h = block(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(swish(self.norm_out(h)))
 
 
 class ConvDecoder(nn.Module):
@@ -170,4 +176,4 @@ class ConvDecoder(nn.Module):
             h = block(h)
         for level in self.conv_blocks:
             h = level(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(swish(self.norm_out(h)))

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ConfigError, TokenizerConfig
-from .lowp import LowPrecisionWeights, low_precision
+from .lowp import LowPrecisionWeights, channels_last_input, low_precision
 from .conv import ConvDecoder, ConvEncoder
 from .quantizer import MultiScaleQuantizer
 from .vit import LatentViTDecoder, LatentViTEncoder, create_vit
@@ -119,7 +119,8 @@ class Tokenizer(nn.Module):
         """Continuous latents before quantization: one (B, Cb, h, w) map per branch."""
         self._check_images(x_B3HW)
         if self.config.enc_type == "cnn":  # (B, P*Cb, h, w): branch p is the channel group p*Cb:(p+1)*Cb
-            return list(self.quant_conv(self.encoder(x_B3HW)).chunk(self.num_branches, dim=1))
+            f_BChw = self.quant_conv(self.encoder(channels_last_input(x_B3HW)))
+            return [f.contiguous() for f in f_BChw.chunk(self.num_branches, dim=1)]
         h_BLD = self.encoder(x_B3HW)
         f_BC = self.quant_conv(h_BLD.transpose(1, 2).unsqueeze(-1))  # 1x1 conv over all P*n tokens: (B, Cb, P*n, 1)
         B, s = f_BC.shape[0], self.config.latent_side
@@ -147,8 +148,9 @@ class Tokenizer(nn.Module):
         return self._decode_unclamped(f_hat_BChw).clamp(-1, 1)
 
     def _decode_unclamped(self, f_hat_BChw: torch.Tensor) -> torch.Tensor:
-        z = self.post_quant_conv(f_hat_BChw)
-        return self.decoder(z if self.config.dec_type == "cnn" else z.flatten(2).transpose(1, 2))
+        if self.config.dec_type == "cnn":
+            return self.decoder(self.post_quant_conv(channels_last_input(f_hat_BChw)))
+        return self.decoder(self.post_quant_conv(f_hat_BChw).flatten(2).transpose(1, 2))
 
     @torch.no_grad()
     def decode(self, codes: Codes) -> torch.Tensor:
