@@ -157,6 +157,41 @@ def test_branches_are_channel_groups_of_one_map():
     assert tuple(tok.post_quant_conv.weight.shape) == (32, 16, 1, 1)
 
 
+def test_low_precision_runs_the_conv_networks_channels_last_and_fp32_stays_exact():
+    """bf16: cached conv weights in bf16 channels-last, the same pictures as plain autocast; decoding given codes
+    within bf16 rounding of fp32 (random weights: encoding in bf16 may pick other codes at near ties);
+    fp32 weights and results untouched."""
+    tok = _two_branch()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    codes = tok.encode(x)
+    with torch.no_grad():
+        exact, exact_decoded = tok.reconstruct(x), tok.decode(codes)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            plain = tok.reconstruct(x)
+    with tok.precision(torch.bfloat16):
+        cached, decoded = tok.reconstruct(x), tok.decode(codes)
+        conv = tok.decoder.conv_out
+        assert conv.weight.dtype == torch.bfloat16 and conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert cached.is_contiguous() and decoded.is_contiguous()
+    drift = (decoded.float() - exact_decoded).abs()
+    assert torch.equal(cached, plain) and drift.mean() < 0.01 and drift.max() < 0.15
+    assert tok.decoder.conv_out.weight.dtype == torch.float32 and tok.decoder.conv_out.weight.is_contiguous()
+    with torch.no_grad():
+        assert torch.equal(tok.reconstruct(x), exact)
+
+
+def test_swish_is_in_place_only_without_gradient():
+    from imagefolder.models.conv import swish
+    h = torch.randn(2, 32, 4, 4)
+    with torch.no_grad():
+        y = h.clone()
+        assert swish(y) is y and torch.equal(y, torch.nn.functional.silu(h))
+    g = h.clone().requires_grad_(True)
+    out = swish(g * 1.0)
+    out.sum().backward()
+    assert torch.equal(g, h) and torch.allclose(g.grad, torch.sigmoid(h) * (1 + h * (1 - torch.sigmoid(h))))
+
+
 def _classifier_teacher() -> dict:
     from imagefolder.models.classifier import ClassifierConfig
     return ClassifierConfig(image_size=32, width=12, depth=3).to_dict()  # 48-d features, no encoder width to match

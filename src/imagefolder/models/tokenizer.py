@@ -149,7 +149,7 @@ class Tokenizer(nn.Module):
 
     def _decode_unclamped(self, f_hat_BChw: torch.Tensor) -> torch.Tensor:
         if self.config.dec_type == "cnn":
-            return self.decoder(self.post_quant_conv(channels_last_input(f_hat_BChw)))
+            return self.decoder(self.post_quant_conv(channels_last_input(f_hat_BChw))).contiguous()
         return self.decoder(self.post_quant_conv(f_hat_BChw).flatten(2).transpose(1, 2))
 
     @torch.no_grad()
