@@ -116,6 +116,25 @@ def test_a_signal_saves_a_resumable_checkpoint_and_exits_cleanly(data, tmp_path,
     assert not orphan.exists() and load_train_state(Checkpoints(out).latest())["step"] == step + 1
 
 
+def test_a_signal_during_the_last_step_is_not_lost(data, tmp_path, monkeypatch):
+    """SIGINT noted during the last step (after the loop's last look at the flag): the finished run is saved, then
+    the signal acts (KeyboardInterrupt), so a command of several stages does not go on to the next one."""
+    trainer = _trainer(data, tmp_path / "run", max_steps=3)
+    one_step = TokenizerTrainer._one_step
+
+    def step_then_signal(self, batches, bar):
+        done = one_step(self, batches, bar)
+        if self.step == 3:
+            signal.raise_signal(signal.SIGINT)  # the training handler only notes it
+        return done
+
+    monkeypatch.setattr(TokenizerTrainer, "_one_step", step_then_signal)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert load_train_state(Checkpoints(tmp_path / "run").latest())["step"] == 3
+    assert (tmp_path / "run" / "last" / "model.safetensors").is_file()
+
+
 def test_a_run_of_mostly_nonfinite_steps_fails_and_names_no_best(data, tmp_path, monkeypatch, capsys):
     original = TokenizerTrainer._rec_loss
     calls = {"n": 0}

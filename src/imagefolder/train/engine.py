@@ -379,6 +379,8 @@ class Trainer(abc.ABC):
                    "best": str(self.out / "best") if (self.out / "best" / "config.json").is_file() else None}
         self.log.line(f"done: {summary}")
         self.log.close()
+        if stop.get("signum"):  # noted during the last step, after the loop's last look: the run is complete and
+            signal.raise_signal(int(stop["signum"]))  # saved; the signal now acts as the caller's handler says
         ran = self.step - start_step
         if ran and self.nonfinite_total > MAX_NONFINITE_SHARE * self.step:
             raise TrainingError(f"{self.nonfinite_total} of {self.step} steps were skipped as non-finite, so the "
