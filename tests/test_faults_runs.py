@@ -129,8 +129,12 @@ def test_a_signal_during_the_last_step_is_not_lost(data, tmp_path, monkeypatch):
         return done
 
     monkeypatch.setattr(TokenizerTrainer, "_one_step", step_then_signal)
-    with pytest.raises(KeyboardInterrupt):
-        trainer.fit()
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (see _default_sigint)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            trainer.fit()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert load_train_state(Checkpoints(tmp_path / "run").latest())["step"] == 3
     assert (tmp_path / "run" / "last" / "model.safetensors").is_file()
 
@@ -192,10 +196,16 @@ def test_generator_resume_from_a_mid_run_checkpoint_is_bit_identical(tmp_path, t
 
 
 # demo and ablate: stopped like a trainer (exit 128 + signal, one line, the running trainer's checkpoint saved) -----
+def _default_sigint() -> None:
+    """In the child before exec: SIGINT as in a terminal. A suite started in the background by a non-interactive
+    shell inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _popen(argv, stdout, env_extra=None):
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
     return subprocess.Popen([sys.executable, "-m", "imagefolder", *argv], stdout=stdout, stderr=subprocess.PIPE,
-                            text=True, env=env)
+                            text=True, env=env, preexec_fn=_default_sigint)
 
 
 def _wait_for(proc, ready, seconds=240) -> None:
