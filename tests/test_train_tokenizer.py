@@ -196,6 +196,12 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "no such folder" in capsys.readouterr().err
 
 
+def test_a_classifier_guide_without_a_teacher_is_refused_when_options_are_read(data, tmp_path):
+    with pytest.raises(ConfigError, match="needs semantic_teacher"):
+        _trainer(data, tmp_path / "run", semantic_guide="classifier")
+    assert not (tmp_path / "run").exists()
+
+
 def test_classifier_teacher_regularises_a_branch(data, tmp_path):
     from imagefolder.models.classifier import ClassifierConfig, DomainClassifier, save_classifier
     teacher = DomainClassifier(ClassifierConfig(image_size=16, num_classes=2, width=8, depth=3))  # 32-d features

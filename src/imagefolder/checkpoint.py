@@ -106,7 +106,7 @@ def generator_weights(path: str | Path, part: str) -> dict[str, torch.Tensor]:
 
     Version 2 keeps the tokenizer in ``tokenizer/``; version 1 kept both in one file, the tokenizer's keys under
     the prefix ``tokenizer.`` (the only place that prefix is known)."""
-    directory = _directory(path)
+    directory = checkpoint_dir(path)
     meta = read_config(directory)
     if meta.get("version", 1) >= 2:
         return read_weights(directory / TOKENIZER_DIR / WEIGHTS_NAME if part == "tokenizer" else directory)
@@ -117,14 +117,15 @@ def generator_weights(path: str | Path, part: str) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if not k.startswith(prefix)}
 
 
-def _directory(path: str | Path) -> Path:
+def checkpoint_dir(path: str | Path) -> Path:
+    """The checkpoint directory ``path`` names: itself, or the directory holding the file it names."""
     path = Path(path)
     return path if path.is_dir() else path.parent
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
     """The parsed ``config.json`` of one of our checkpoint directories (or of the directory holding the file)."""
-    directory = _directory(path)
+    directory = checkpoint_dir(path)
     cfg_path = directory / CONFIG_NAME
     try:
         meta = json.loads(cfg_path.read_text())
@@ -149,7 +150,7 @@ def config_from(cls, meta: dict[str, Any], where: str | Path):
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    weights = _directory(path) / WEIGHTS_NAME
+    weights = checkpoint_dir(path) / WEIGHTS_NAME
     if not weights.is_file():
         raise CheckpointError(f"{weights}: weights file missing")
     try:

@@ -21,8 +21,9 @@ def _check(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
-def _set(config: Any, **values: Any) -> None:
-    """Normalise fields of a frozen config while it is being constructed (``__post_init__``)."""
+def set_fields(config: Any, **values: Any) -> None:
+    """Set fields of a frozen dataclass while it is being constructed (``__post_init__``): normalised or
+    derived values."""
     for name, value in values.items():
         object.__setattr__(config, name, value)
 
@@ -68,7 +69,7 @@ class TokenizerConfig:
     quant_conv_ks: int = 1               # kernel of the conv quant_conv / post_quant_conv (VAR's VQVAE: 3)
 
     def __post_init__(self) -> None:
-        _set(self, v_patch_nums=tuple(int(p) for p in self.v_patch_nums),
+        set_fields(self, v_patch_nums=tuple(int(p) for p in self.v_patch_nums),
              encoder_ch_mult=tuple(int(m) for m in self.encoder_ch_mult),
              decoder_ch_mult=tuple(int(m) for m in self.decoder_ch_mult), vit_kwargs=dict(self.vit_kwargs))
         _check(self.codebook_size >= 2, f"codebook_size must be >= 2, got {self.codebook_size}")
@@ -89,7 +90,7 @@ class TokenizerConfig:
                f"start_drop must be in [1, {len(self.v_patch_nums)}], got {self.start_drop}")
         _check(self.semantic_guide in ("dinov2", "classifier", "none"),
                f"semantic_guide must be 'dinov2', 'classifier' or 'none', got {self.semantic_guide!r}")
-        _set(self, teacher=dict(self.teacher))  # resolved from the teacher checkpoint by train.options when empty
+        set_fields(self, teacher=dict(self.teacher))  # resolved from the teacher checkpoint by train.options when empty
 
         for name in ("enc_type", "dec_type"):
             _check(getattr(self, name) in ("dinov2", "cnn"),
@@ -173,15 +174,15 @@ class GeneratorConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.tokenizer, dict):
-            _set(self, tokenizer=TokenizerConfig.from_dict(self.tokenizer))
+            set_fields(self, tokenizer=TokenizerConfig.from_dict(self.tokenizer))
         elif isinstance(self.tokenizer, str):
-            _set(self, tokenizer=tokenizer_preset(self.tokenizer))
+            set_fields(self, tokenizer=tokenizer_preset(self.tokenizer))
         if self.embed_dim is None:
-            _set(self, embed_dim=64 * self.depth)
+            set_fields(self, embed_dim=64 * self.depth)
         if self.num_heads is None:
-            _set(self, num_heads=self.depth)
+            set_fields(self, num_heads=self.depth)
         if self.drop_path_rate is None:
-            _set(self, drop_path_rate=0.1 * self.depth / 24)
+            set_fields(self, drop_path_rate=0.1 * self.depth / 24)
         _check(self.depth >= 1, f"depth must be >= 1, got {self.depth}")
         _check(self.embed_dim % self.num_heads == 0,
                f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})")

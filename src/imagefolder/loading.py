@@ -76,7 +76,7 @@ def load_tokenizer(spec: TokenizerSpec, *, config: TokenizerConfig | None = None
 
 def _tokenizer_of_generator(path: Path, cfg: GeneratorConfig, config: TokenizerConfig | None = None) -> Tokenizer:
     """The tokenizer of one of our generator directories (its ``tokenizer/`` folder, or inside an older file)."""
-    sub = path / ours.TOKENIZER_DIR if path.is_dir() else path.parent / ours.TOKENIZER_DIR
+    sub = ours.checkpoint_dir(path) / ours.TOKENIZER_DIR
     where = path
     if ours.is_our_checkpoint(sub):
         own = ours.config_from(TokenizerConfig, ours.read_config(sub), sub)

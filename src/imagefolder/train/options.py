@@ -21,7 +21,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from ..config import (VQ_MODEL_CH_MULT, ConfigError, GeneratorConfig, TokenizerConfig, generator_model_config,
-                      tokenizer_model_config)
+                      set_fields, tokenizer_model_config)
 from ..data.folder import find_classes, split_dir
 
 
@@ -174,8 +174,7 @@ class CommonOptions:
     wandb_project: str = "imagefolder"
 
     def __post_init__(self) -> None:
-        for name, value in self.resolved().items():
-            object.__setattr__(self, name, value)
+        set_fields(self, **self.resolved())
         self.check()
 
     def resolved(self) -> dict[str, Any]:
@@ -278,6 +277,8 @@ class TokenizerTrainOptions(CommonOptions):
         elif self.vq_ckpt and not teacher:  # fine-tuning: the teacher comes with the weights
             from ..loading import _tokenizer_config
             teacher = _tokenizer_config(self.vq_ckpt).teacher
+        if not teacher:
+            raise ConfigError("semantic_guide: classifier needs semantic_teacher: DIR (a train-classifier output)")
         return dataclasses.replace(cfg, teacher=teacher)
 
     def check(self) -> None:
