@@ -61,3 +61,25 @@ def test_two_processes_train_one_generator_on_a_shared_frozen_tokenizer(tmp_path
     saved = imagefolder.load_generator(out / "last")
     assert (out / "last" / "tokenizer" / "model.safetensors").is_file()
     assert all(torch.equal(v, a[f"ema.{k}"]) for k, v in saved.state_dict().items() if v.is_floating_point())
+
+
+def test_one_process_with_an_unreadable_share_stops_every_process_with_the_reason(tmp_path):
+    from imagefolder.data.folder import ImageFolderDataset
+    from imagefolder.train.sampler import ResumableSampler
+
+    data = make_image_folder(tmp_path / "data", per_class=8)
+    files = [path for path, _ in ImageFolderDataset(data, 16).samples]
+    share = ResumableSampler(len(files), rank=1, world_size=2, seed=0).order()  # process 1's first epoch
+    for i in share:
+        Path(files[i]).write_bytes(b"not a picture")
+    paths = [str(Path(__file__).parent), str(Path(imagefolder.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+           str(Path(__file__).parent / "_ddp_unreadable_worker.py"), str(data), str(tmp_path / "out")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    # both processes stop with the plain reason (before, process 1 raised alone and process 0 waited for it in a
+    # collective until torchrun killed it)
+    assert "rank 1: " in out and "of process 1's share skipped" in out, out[-3000:]
+    assert "rank 0: " in out and "in another process's share" in out, out[-3000:]

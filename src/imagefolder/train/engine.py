@@ -246,14 +246,19 @@ class Trainer(abc.ABC):
                     group.append(batch)
                     readable += len(batch)
                 if self.micro_in_epoch % A == 0:
-                    if group:
-                        yield group
+                    yield group  # empty when nothing of it was readable: every process yields in step (_one_step)
                     group = []
-            if whole_epoch and not readable:  # another epoch would find nothing either: stop instead of spinning
+            # another epoch would find nothing either: stop instead of spinning. Decided together, so that every
+            # process stops (one process's share alone may be unreadable)
+            empty = all_reduce_(torch.tensor([0.0 if readable else 1.0], device=self.device), "max").item()
+            if whole_epoch and empty:
                 where = getattr(dataset, "root", None) or getattr(dataset, "path", "the training set")
                 example = f", e.g. {printable(first_bad.path)}: {printable(first_bad.reason)}" if first_bad else ""
+                share = (f"{len(sampler)} of process {self.info.rank}'s share skipped{example}" if not readable
+                         else "in another process's share") if self.info.world_size > 1 \
+                    else f"{len(dataset)} skipped{example}"
                 raise TrainingError(f"{printable(str(where))}: not one training item could be read in a whole epoch "
-                                    f"({len(dataset)} skipped{example}); fix or replace the files")
+                                    f"({share}); fix or replace the files")
             self.epoch += 1
             self.micro_in_epoch = 0
 
@@ -402,6 +407,9 @@ class Trainer(abc.ABC):
     def _one_step(self, batches, bar) -> bool:
         """One optimizer step, its logging, validation and checkpoint; True when the run has reached its end."""
         micro = next(batches)
+        # a group with no readable item in some process: all processes skip it together (a step needs all of them)
+        if all_reduce_(torch.tensor([0.0 if micro else 1.0], device=self.device), "max").item():
+            return False
         self._logs = logs = self.train_step(micro)
         self._images += sum(len(b) for b in micro) * self.info.world_size
         self.step += 1
