@@ -10,12 +10,14 @@ weights exported in VAR's release format (the state dicts ``imagefolder convert`
 ``vae_ch160v4096z32.pth``, loaded with ``strict=True``), checks that VAR's sampler and ours agree on them (fed the
 codes VAR's sampler drew, our guided logits at every scale and our decoded image match its own), and times its
 ``autoregressive_infer_cfg`` under the same settings in the same process (bf16: under
-``torch.autocast("cpu", torch.bfloat16)``, as VAR's demo runs it under autocast). Ratios are VAR's time / ours.
+``torch.autocast``, as VAR's demo runs it under autocast). Ratios are VAR's time / ours.
 
 The two samplers draw differently (VAR: one generator for the batch; ours: one stream per image), so the codes
 differ for the same seed; the time depends on the draws only through the top-p nucleus sizes.
 
-Usage: python benchmarks/bench_var_sampling.py [--official ../VAR] [--batch-sizes 1 8] [--repeats 2]
+On a GPU (``--device``, auto picks one when torch sees it) both samplers run there.
+
+Usage: python benchmarks/bench_var_sampling.py [--official ../VAR] [--batch-sizes 1 8] [--repeats 2] [--device auto]
        python benchmarks/bench_var_sampling.py --preset var-tiny --repeats 1 --official ../VAR   # seconds
 """
 from __future__ import annotations
@@ -31,7 +33,7 @@ import torch.nn as nn
 import imagefolder as imf
 from imagefolder import var_release
 from imagefolder.official import to_official_state_dict
-from _timing import best_of, machine
+from _timing import best_of, machine, peak_memory, pick_device
 
 CFG, TOP_K, TOP_P, MORE_SMOOTH = 4.0, 900, 0.95, False
 DEMO_CLASSES = (207, 360, 387, 974, 88, 979, 417, 279)  # the classes of VAR's demo_sample.ipynb
@@ -77,7 +79,7 @@ def no_default_init():
                 c.reset_parameters = fn
 
 
-def build_official(var_models, gen: imf.Generator):
+def build_official(var_models, gen: imf.Generator, device: torch.device):
     """VAR's VQVAE + VAR with ``gen``'s weights, from our release-format export, loaded strictly."""
     c, t = gen.config, gen.tokenizer.config
     if tuple(t.encoder_ch_mult) != (1, 1, 2, 2, 4):
@@ -95,13 +97,13 @@ def build_official(var_models, gen: imf.Generator):
     # the state dicts imf.export_var_release / `imagefolder convert` write to var_dNN.pth and vae_*.pth
     vae.load_state_dict(var_release.vqvae_state(gen.tokenizer), strict=True)
     var.load_state_dict(to_official_state_dict(gen), strict=True)
-    var.rng = torch.Generator(device="cpu")  # VAR makes it on dist.get_device(), which is CUDA when one exists
-    return vae.eval(), var.eval()
+    var.rng = torch.Generator(device=device)  # VAR makes it on dist.get_device(), which is CUDA when one exists
+    return vae.to(device).eval(), var.to(device).eval()
 
 
 def official_sampler(var, labels: torch.Tensor, top_k: int, dtype: torch.dtype):
     def run():
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+        with torch.autocast(labels.device.type, dtype=dtype, enabled=dtype != torch.float32):
             return var.autoregressive_infer_cfg(B=labels.shape[0], label_B=labels, g_seed=0, cfg=CFG, top_k=top_k,
                                                 top_p=TOP_P, more_smooth=MORE_SMOOTH)
     return run
@@ -144,36 +146,39 @@ def main() -> None:
     ap.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES), help="precisions to time")
     ap.add_argument("--official", type=Path, default=None,
                     help="a local checkout of FoundationVision/VAR: also time its own sampler on the same weights")
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                    help="where to time: auto = the GPU when torch sees one, else the CPU")
     args = ap.parse_args()
 
+    device = pick_device(args.device)
     var_models = import_official(args.official) if args.official is not None else None
     torch.manual_seed(0)
-    gen = imf.load_generator(args.preset).eval()
+    gen = imf.load_generator(args.preset).to(device).eval()
     top_k = min(TOP_K, gen.V)  # VAR's topk fails on k > V (only a tiny preset has V < 900)
-    print(f"machine: {machine()}")
+    print(f"machine: {machine(device)}")
     own = sum(p.numel() for n, p in gen.named_parameters() if not n.startswith("tokenizer.")) / 1e6
     tok = sum(p.numel() for p in gen.tokenizer.parameters()) / 1e6
     print(f"generator {args.preset}: {own:.1f} M parameters + VQVAE {tok:.1f} M, {gen.L} tokens, V {gen.V}; "
           f"cfg {CFG:g}, top-k {top_k}, top-p {TOP_P}, more_smooth {MORE_SMOOTH}; decode included")
     var = None
     if var_models is not None:
-        _, var = build_official(var_models, gen)
+        _, var = build_official(var_models, gen, device)
         print(f"official: VAR's models/ from {args.official}, our weights loaded strictly in its release format")
-        d_logits, d_img = agreement(var, gen, labels_for(2, gen.num_classes), top_k)
+        d_logits, d_img = agreement(var, gen, labels_for(2, gen.num_classes).to(device), top_k)
         print(f"agreement, fp32, batch 2, fed the codes VAR's sampler drew: guided logits max |diff| {d_logits:.2e} "
               f"over all scales, decoded image max |diff| {d_img:.2e}")
 
     for B in args.batch_sizes:
-        labels = labels_for(B, gen.num_classes)
+        labels = labels_for(B, gen.num_classes).to(device)
         parts = []
         times = {}
         for name in args.dtypes:
             dtype = DTYPES[name]
             t_ours = best_of(lambda: gen.generate(labels, cfg=CFG, top_k=top_k, top_p=TOP_P, seed=0, dtype=dtype,
-                                                  more_smooth=MORE_SMOOTH), args.repeats)
+                                                  more_smooth=MORE_SMOOTH), args.repeats, device=device)
             times[name] = t_ours
             if var is not None:
-                t_var = best_of(official_sampler(var, labels, top_k, dtype), args.repeats)
+                t_var = best_of(official_sampler(var, labels, top_k, dtype), args.repeats, device=device)
                 parts.append(f"{name}: VAR {t_var:6.2f} s, ours {t_ours:6.2f} s (x{t_var / t_ours:.2f}; "
                              f"{t_ours / B:.2f} s/img)")
             else:
@@ -181,6 +186,7 @@ def main() -> None:
         if "fp32" in times and "bf16" in times:
             parts.append(f"ours bf16 vs fp32 x{times['fp32'] / times['bf16']:.2f}")
         print(f"batch {B:2d}: " + " | ".join(parts))
+    print(peak_memory(device))
 
 
 if __name__ == "__main__":
