@@ -48,6 +48,7 @@ class TokenizerConfig:
     codebook_drop: float = 0.1           # fraction of each batch trained on a truncated scale prefix
     start_drop: int = 3                  # fewest scales a dropped sample keeps
     commit_loss_beta: float = 0.25       # commitment weight inside the VQ loss
+    pattern_scales: int = 0              # first scales whose codes are whole latent patches (nearest, placed as they are)
     codebook_l2_norm: bool = True        # code search: cosine similarity (ImageFolder) or, false, Euclidean (VAR)
     semantic_guide: str = "dinov2"       # teacher regularising a branch: "dinov2" (frozen ViT), "classifier", "none"
     teacher: dict[str, Any] = field(default_factory=dict)  # ClassifierConfig fields when semantic_guide="classifier"
@@ -85,6 +86,10 @@ class TokenizerConfig:
                f"num_latent_tokens={self.num_latent_tokens}")
         _check(max(self.v_patch_nums) <= side, f"no scale may exceed the latent grid {side}: {self.v_patch_nums}")
         _check(self.share_quant_resi >= 0, f"share_quant_resi must be >= 0, got {self.share_quant_resi}")
+        _check(0 <= self.pattern_scales <= len(self.v_patch_nums) and not any(
+                   side % pn for pn in self.v_patch_nums[:self.pattern_scales]),
+               f"pattern_scales {self.pattern_scales}: the sides of the first pattern_scales scales "
+               f"{self.v_patch_nums[:max(self.pattern_scales, 0)]} must divide the latent grid side {side}")
         _check(0.0 <= self.codebook_drop <= 1.0, f"codebook_drop must be in [0, 1], got {self.codebook_drop}")
         _check(1 <= self.start_drop <= len(self.v_patch_nums),
                f"start_drop must be in [1, {len(self.v_patch_nums)}], got {self.start_drop}")

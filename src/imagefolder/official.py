@@ -207,6 +207,9 @@ def to_official_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     For a Generator this is ``ckpt['trainer']['var_wo_ddp']`` (its tokenizer is ``vae_local``, exported separately).
     """
     if _is_tokenizer(model):
+        if model.config.pattern_scales:
+            raise ValueError(f"the authors' code has no pattern scales (pattern_scales {model.config.pattern_scales}): "
+                             "this tokenizer exists only in our format")
         sd = {_official_name(k, model): v for k, v in model.state_dict().items()}
         for key in _TOKENIZER_CONSTANTS:
             value = _official_constant(model, key)

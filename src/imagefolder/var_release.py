@@ -58,6 +58,8 @@ def fits_release(cfg: TokenizerConfig) -> str | None:
     for key, value in want.items():
         if getattr(cfg, key) != value:
             return f"{key} is {getattr(cfg, key)!r} (VAR's VQVAE: {value!r})"
+    if cfg.pattern_scales:
+        return f"pattern_scales is {cfg.pattern_scales} (VAR's VQVAE: none)"
     if cfg.encoder_ch_mult != cfg.decoder_ch_mult:
         return "the encoder and decoder levels differ (VAR's VQVAE: the same ch_mult)"
     if cfg.z_channels != cfg.codebook_embed_dim:

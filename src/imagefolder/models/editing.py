@@ -77,8 +77,8 @@ def keep_region(idx: list[torch.Tensor], vectors: list[torch.Tensor] | None, sou
                 keep_Bl: torch.Tensor, embeddings: list[torch.Tensor]
                 ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
     """One scale's sampled codes (per branch (B, l)) with the kept positions replaced by the picture's ``source``
-    codes; ``vectors`` (per branch (B, l, Cb), VAR's more_smooth mixtures) take the kept codes' own vectors there
-    (``embeddings``: each branch's (V, Cb) codebook)."""
+    codes; ``vectors`` (per branch (B, l, D), VAR's more_smooth mixtures) take the kept codes' own vectors there
+    (``embeddings``: each branch's (V, D) code table at this scale, ``MultiScaleQuantizer.code_table``)."""
     keep_Bl = keep_Bl.to(idx[0].device)
     merged = [torch.where(keep_Bl, src.to(i.device, i.dtype), i) for i, src in zip(idx, source)]
     if vectors is None:

@@ -365,7 +365,8 @@ class Generator(nn.Module):
             seed = int(torch.randint(0, 2**62, ()).item())
         rng = PerImageRNG(seed, indices)
         codes: Codes = [[] for _ in range(self.P)]
-        embeddings = [q.embedding.weight.float() for q in self.tokenizer.quantizes]
+        tables = [[q.code_table(si).float() for q in self.tokenizer.quantizes]  # [scale][branch] (V, D)
+                  for si in range(len(self.patch_nums))]
 
         K = len(self.patch_nums)
 
@@ -385,9 +386,9 @@ class Generator(nn.Module):
             vectors = None
             if u_smooth is not None:
                 vectors = [smooth_weights(f, u_smooth[:, p], si, K) @ emb
-                           for p, (f, emb) in enumerate(zip(filtered, embeddings))]
+                           for p, (f, emb) in enumerate(zip(filtered, tables[si]))]
             if source is not None:
-                idx, vectors = keep_region(idx, vectors, [s[si] for s in source], keep_masks[si], embeddings)
+                idx, vectors = keep_region(idx, vectors, [s[si] for s in source], keep_masks[si], tables[si])
             for p in range(self.P):
                 codes[p].append(idx[p])
             return idx if vectors is None else (idx, vectors)

@@ -5,17 +5,36 @@ code with the highest cosine similarity (ImageFolder, ``l2_norm``) or the neares
 tokenizer), the raw code vectors are bicubic-upsampled back to the latent grid (all
 but the last scale), mixed by a phi conv, added to the reconstruction f_hat and subtracted from the residual.
 
+Pattern scales (``pattern_scales`` > 0, our option; the papers have none): each of the first scales has its own
+codebook of whole latent patches (C, p, p) with p = H / pn. A position picks the patch nearest (L2) to its cell of
+the residual, not to the cell's mean, and the patch is placed as it is (no interpolation) before the phi conv. A
+1 x 1 pattern scale is one code that stands for a whole latent picture, so a generator's first draw can decide
+things that interpolated coarse codes cannot draw, such as the orientation of stripes (docs/DESIGN.md). Like
+k-means centres they start from residual patches of the first training batch, and a code unused for a while is
+moved onto a residual patch of the current batch (the same one in every process).
+
 Glossary: ``B`` batch, ``C`` code vector size (codebook_embed_dim), ``V`` codebook size, ``K`` number of scales,
-``H = W`` latent grid side, ``pn`` side of one scale, ``l = pn*pn`` codes of one scale, ``N`` flattened positions.
+``H = W`` latent grid side, ``pn`` side of one scale, ``l = pn*pn`` codes of one scale, ``N`` flattened positions,
+``p`` side of a pattern scale's patch, ``D = C*p*p`` its size.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+
+# upkeep of pattern codebooks: after RESTART_AFTER usage updates, every RESTART_EVERY, codes whose hit EMA is under
+# DEAD_SHARE of the scale's mean (unused for about 200 updates at the 0.99 momentum) move onto residual patches
+RESTART_AFTER, RESTART_EVERY, DEAD_SHARE = 100, 25, 0.02
+
+
+def _identity(t: torch.Tensor) -> torch.Tensor:
+    return t
 
 
 class Phi(nn.Conv2d):
@@ -64,7 +83,8 @@ class QuantizerTrainOutput:
 
 class MultiScaleQuantizer(nn.Module):
     def __init__(self, codebook_size: int, dim: int, v_patch_nums: tuple[int, ...], *,
-                 share_quant_resi: int = 4, quant_resi: float = 0.5, beta: float = 0.25, l2_norm: bool = True):
+                 share_quant_resi: int = 4, quant_resi: float = 0.5, beta: float = 0.25, l2_norm: bool = True,
+                 pattern_scales: int = 0):
         super().__init__()
         self.codebook_size, self.dim, self.beta, self.l2_norm = codebook_size, dim, beta, l2_norm
         self.v_patch_nums = tuple(v_patch_nums)
@@ -76,6 +96,16 @@ class MultiScaleQuantizer(nn.Module):
             self.embedding.weight.uniform_(-1.0 / codebook_size, 1.0 / codebook_size)
             if l2_norm:
                 self.embedding.weight.copy_(F.normalize(self.embedding.weight, dim=-1))
+        self.pattern_scales = pattern_scales
+        if not 0 <= pattern_scales <= len(self.v_patch_nums) or any(
+                self.side % pn for pn in self.v_patch_nums[:pattern_scales]):
+            raise ValueError(f"pattern_scales {pattern_scales}: the first pattern_scales sides of {self.v_patch_nums} "
+                             f"must divide the latent grid {self.side}")
+        self.patterns = nn.ParameterList([  # (V, D): filled from data on the first training batch
+            nn.Parameter(torch.zeros(codebook_size, dim * (self.side // pn) ** 2))
+            for pn in self.v_patch_nums[:pattern_scales]])
+        if pattern_scales:  # 1 once a pattern codebook was filled (a resumed run must not fill it again)
+            self.register_buffer("patterns_ready", torch.zeros(pattern_scales))
         # exponential moving average of code hits per scale (metrics.codebook.recent_usage); in the official state dict
         self.register_buffer("ema_vocab_hit_SV", torch.zeros(len(self.v_patch_nums), codebook_size))
         self.usage_updates = 0
@@ -100,15 +130,65 @@ class MultiScaleQuantizer(nn.Module):
         d_NV = z_NC.square().sum(dim=1, keepdim=True) + codebook_VC.square().sum(dim=1)
         return torch.argmin(d_NV.addmm_(z_NC, codebook_VC.T, alpha=-2, beta=1), dim=1)
 
+    def code_table(self, si: int) -> torch.Tensor:
+        """The vectors the codes of scale ``si`` stand for: the codebook (V, C), or a pattern scale's (V, D)."""
+        return self.patterns[si] if si < self.pattern_scales else self.embedding.weight
+
     def contribution(self, si: int, idx_Bl: torch.Tensor, vectors_BlC: torch.Tensor | None = None) -> torch.Tensor:
-        """What the codes of scale ``si`` add to f_hat: phi(bicubic_up(codebook[idx])) as (B, C, H, W).
-        ``vectors_BlC`` replaces the code vectors codebook[idx] (a soft mixture of codes, VAR's more_smooth)."""
+        """What the codes of scale ``si`` add to f_hat: phi(bicubic_up(codebook[idx])) as (B, C, H, W), or for a
+        pattern scale phi(the patches placed in their cells). ``vectors_BlC`` replaces the codes' vectors
+        code_table(si)[idx] (a soft mixture of codes, VAR's more_smooth)."""
         pn = self.v_patch_nums[si]
-        vectors_BlC = self.embedding(idx_Bl) if vectors_BlC is None else vectors_BlC
+        if vectors_BlC is None:
+            vectors_BlC = F.embedding(idx_Bl, self.code_table(si))
+        if si < self.pattern_scales:
+            p = self.side // pn
+            h_BChw = vectors_BlC.reshape(-1, pn, pn, self.dim, p, p).permute(0, 3, 1, 4, 2, 5)
+            return self.quant_resi(h_BChw.reshape(-1, self.dim, self.side, self.side), si, self.num_scales)
         h_BChw = vectors_BlC.reshape(-1, pn, pn, self.dim).permute(0, 3, 1, 2)
         if si != self.num_scales - 1:
             h_BChw = F.interpolate(h_BChw, size=(self.side, self.side), mode="bicubic")
         return self.quant_resi(h_BChw.contiguous(), si, self.num_scales)
+
+    def _patch_rows(self, f_rest: torch.Tensor, si: int) -> torch.Tensor:
+        """The residual cut into the cells of pattern scale si: (B*l, D), rows in the order of the codes."""
+        pn = self.v_patch_nums[si]
+        p = self.side // pn
+        return f_rest.reshape(-1, self.dim, pn, p, pn, p).permute(0, 2, 4, 1, 3, 5).reshape(-1, self.dim * p * p)
+
+    def _pick(self, f_rest: torch.Tensor, si: int, codebook_VC: torch.Tensor) -> torch.Tensor:
+        """The code of every position of scale si (B*l,): the nearest patch, or ``lookup`` of the cell mean."""
+        if si >= self.pattern_scales:
+            return self.lookup(self._residual_rows(f_rest, si), codebook_VC)
+        rows_ND, atoms_VD = self._patch_rows(f_rest, si), self.patterns[si].detach()
+        d_NV = rows_ND.square().sum(1, keepdim=True) + atoms_VD.square().sum(1)
+        return torch.argmin(d_NV.addmm_(rows_ND, atoms_VD.T, alpha=-2, beta=1), dim=1)
+
+    @torch.no_grad()
+    def _tend_patterns(self, f_rest: torch.Tensor, si: int, gather_fn) -> None:
+        """Fill pattern scale si's codebook from residual patches on the first training batch; later, every
+        RESTART_EVERY usage updates, move codes the usage EMA calls dead onto patches of this batch. ``gather_fn``
+        gives every process all processes' patches, and the choice is drawn from a generator seeded by the step,
+        so the replicas stay identical."""
+        ready = bool(self.patterns_ready[si])
+        if ready and (self.usage_updates < RESTART_AFTER or self.usage_updates % RESTART_EVERY):
+            return
+        atoms_VD = self.patterns[si]
+        if ready:
+            hits_V = self.ema_vocab_hit_SV[si]
+            dead_V = hits_V < DEAD_SHARE * hits_V.mean()
+            if not dead_V.any():
+                return
+        rows_ND = gather_fn(self._patch_rows(f_rest, si).float())
+        g = torch.Generator().manual_seed(self.usage_updates * 1_000_003 + si)
+        n = atoms_VD.shape[0] if not ready else int(dead_V.sum())
+        pick = torch.randint(0, rows_ND.shape[0], (n,), generator=g).to(rows_ND.device)
+        jitter = torch.randn(n, rows_ND.shape[1], generator=g).to(rows_ND) * (0.1 * rows_ND.std())
+        if ready:
+            atoms_VD[dead_V] = rows_ND[pick] + jitter
+        else:
+            atoms_VD.copy_(rows_ND[pick] + jitter)
+            self.patterns_ready[si] = 1
 
     def _residual_rows(self, f_rest: torch.Tensor, si: int) -> torch.Tensor:
         pn = self.v_patch_nums[si]
@@ -126,7 +206,7 @@ class MultiScaleQuantizer(nn.Module):
         f_rest, f_hat = f_BChw.clone(), torch.zeros_like(f_BChw)
         codes, fhats = [], []
         for si, pn in enumerate(self.v_patch_nums):
-            idx_Bl = self.lookup(self._residual_rows(f_rest, si), codebook_VC).view(B, pn * pn)
+            idx_Bl = self._pick(f_rest, si, codebook_VC).view(B, pn * pn)
             h_BCHW = self.contribution(si, idx_Bl)
             f_hat.add_(h_BCHW)
             f_rest.sub_(h_BCHW)
@@ -160,9 +240,11 @@ class MultiScaleQuantizer(nn.Module):
         return torch.cat(nexts, dim=1)
 
     # training ----------------------------------------------------------------------------------------------
-    def forward(self, f_BChw: torch.Tensor, n_keep_B: torch.Tensor | None = None) -> QuantizerTrainOutput:
+    def forward(self, f_BChw: torch.Tensor, n_keep_B: torch.Tensor | None = None,
+                gather_fn: Callable[[torch.Tensor], torch.Tensor] = _identity) -> QuantizerTrainOutput:
         """Quantize with gradients: codebook and phi learn from the VQ loss, the input gets a straight-through
-        gradient. Sample b keeps only its first ``n_keep_B[b]`` scales (quantizer dropout); None keeps all."""
+        gradient. Sample b keeps only its first ``n_keep_B[b]`` scales (quantizer dropout); None keeps all.
+        ``gather_fn`` (all-gather over processes) serves the pattern codebooks' upkeep."""
         self._check_input(f_BChw)
         f = f_BChw.float()
         B, K = f.shape[0], self.num_scales
@@ -174,7 +256,9 @@ class MultiScaleQuantizer(nn.Module):
         hits_KV = f.new_zeros(K, self.codebook_size)
         codebook_loss, commit_loss = f.new_zeros(()), f.new_zeros(())
         for si, pn in enumerate(self.v_patch_nums):
-            idx_Bl = self.lookup(self._residual_rows(f_rest, si), codebook_VC).view(B, pn * pn)
+            if si < self.pattern_scales and self.training:
+                self._tend_patterns(f_rest, si, gather_fn)
+            idx_Bl = self._pick(f_rest, si, codebook_VC).view(B, pn * pn)
             hits_KV[si] = idx_Bl.flatten().bincount(minlength=self.codebook_size).float()
             h_BCHW = self.contribution(si, idx_Bl)
             keep_B111 = (si < n_keep_B).to(f.dtype).view(B, 1, 1, 1)

@@ -68,7 +68,7 @@ class Tokenizer(nn.Module):
         self.quantizes = nn.ModuleList([
             MultiScaleQuantizer(c.codebook_size, Cb, c.v_patch_nums,
                                 share_quant_resi=c.share_quant_resi, quant_resi=c.quant_resi, beta=c.commit_loss_beta,
-                                l2_norm=c.codebook_l2_norm)
+                                l2_norm=c.codebook_l2_norm, pattern_scales=c.pattern_scales)
             for _ in range(P)])
         if c.semantic_guide != "none":
             if c.semantic_guide == "dinov2":
@@ -179,7 +179,8 @@ class Tokenizer(nn.Module):
     def scale_contribution(self, si: int, idx_per_branch: list[torch.Tensor],
                            vectors_per_branch: list[torch.Tensor] | None = None) -> torch.Tensor:
         """What the codes of scale ``si`` (one (B, pn*pn) tensor per branch) add to f_hat: (B, P*Cb, h, w).
-        ``vectors_per_branch``: (B, pn*pn, Cb) code vectors to use instead of the codes' own (VAR's more_smooth)."""
+        ``vectors_per_branch``: (B, pn*pn, D) code vectors to use instead of the codes' own (VAR's more_smooth;
+        D = Cb, or a pattern scale's patch size)."""
         vectors = vectors_per_branch or [None] * len(self.quantizes)
         return torch.cat([q.contribution(si, idx, v) for q, idx, v in zip(self.quantizes, idx_per_branch, vectors)],
                          dim=1)
@@ -244,7 +245,8 @@ class Tokenizer(nn.Module):
                 reduce_fn: Callable[[torch.Tensor], torch.Tensor] = _identity) -> TokenizerOutput:
         """Training/validation forward. In training mode quantizer dropout is drawn unless ``n_keep`` is given; in
         eval mode every sample keeps all scales. ``gather_fn`` (all-gather with gradient) and ``reduce_fn``
-        (all-reduce sum) let a distributed trainer share semantic features and code hits across processes."""
+        (all-reduce sum) let a distributed trainer share semantic features, code hits and the residual patches
+        that pattern codebooks are filled from across processes."""
         B = x_B3HW.shape[0]
         if n_keep is None:
             n_keep = self.sample_scale_dropout(B, x_B3HW.device) if self.training \
@@ -252,7 +254,7 @@ class Tokenizer(nn.Module):
         quant, outs = [], []
         latents = self.encode_latents(x_B3HW)
         for q, f in zip(self.quantizes, latents):
-            out = q(f, n_keep)
+            out = q(f, n_keep, gather_fn)
             quant.append(out.f_hat)
             outs.append(out)
             if self.training:
