@@ -83,3 +83,18 @@ def test_one_process_with_an_unreadable_share_stops_every_process_with_the_reaso
     # collective until torchrun killed it)
     assert "rank 1: " in out and "of process 1's share skipped" in out, out[-3000:]
     assert "rank 0: " in out and "in another process's share" in out, out[-3000:]
+
+
+def test_gathering_batches_of_different_lengths_across_processes(tmp_path):
+    # a batch that lost unreadable files is shorter in one process; the semantic loss and the pattern codebooks
+    # gather over processes (before, gloo aborted on the unequal shapes)
+    paths = [str(Path(__file__).parent), str(Path(imagefolder.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+           str(Path(__file__).parent / "_ddp_gather_worker.py")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # rows: process 0's three, then process 1's one; the gradient of row i is i + 1 (the product's weights; each
+    # process's loss backpropagates through its own copy, so the gradients are summed over both processes)
+    assert "rank 0: gathered [1.0, 1.0, 1.0, 2.0] grad [2.0, 4.0, 6.0]" in proc.stdout, proc.stdout
+    assert "rank 1: gathered [1.0, 1.0, 1.0, 2.0] grad [8.0]" in proc.stdout, proc.stdout

@@ -88,11 +88,20 @@ def all_reduce_(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
 
 
 def gather_with_grad(t: torch.Tensor) -> torch.Tensor:
-    """All processes' ``t`` concatenated on dim 0, differentiable (the identity for one process)."""
+    """All processes' ``t`` concatenated on dim 0, differentiable (the identity for one process). The processes'
+    lengths may differ (a batch that lost unreadable files): each is padded to the longest for the collective,
+    which needs equal shapes, and cut back after it."""
     if not _active():
         return t
     from torch.distributed.nn.functional import all_gather
-    return torch.cat(all_gather(t), dim=0)
+    n = torch.tensor([t.shape[0]], device=t.device)
+    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, n)
+    sizes = [int(s) for s in sizes]
+    longest = max(sizes)
+    if t.shape[0] < longest:
+        t = torch.cat((t, t.new_zeros(longest - t.shape[0], *t.shape[1:])))
+    return torch.cat([part[:size] for part, size in zip(all_gather(t), sizes)], dim=0)
 
 
 def broadcast_buffers_(module: nn.Module) -> None:
