@@ -1,5 +1,5 @@
-"""Full-size generation speed (CPU, or a GPU with --device): depth-16 VAR + imagefolder-4096 tokenizer (random weights), cfg 3.25,
-top-k 750, top-p 0.95, decode included.
+"""Full-size generation speed on the CPU, or a GPU: depth-16 VAR + imagefolder-4096 tokenizer (random weights),
+cfg 3.25, top-k 750, top-p 0.95, decode included.
 
 Baseline measured in the same run: a naive sampler without KV cache that re-runs the transformer over every token
 generated so far at each scale (block-causal mask), picking from the same per-image random streams, so it must
@@ -38,7 +38,8 @@ def naive_generate(gen: imf.Generator, labels: torch.Tensor, seed: int) -> tuple
         logits = gen.head(gen.head_nm(x[:, start:end], cond))
         t = cfg_weight(CFG, si, K)
         guided = (1 + t) * logits[:B] - t * logits[B:]
-        idx = sample_branches(list(guided.chunk(gen.P, dim=-1)), rng.uniform(gen.P, pn * pn, device=labels.device), top_k=TOP_K, top_p=TOP_P)
+        u = rng.uniform(gen.P, pn * pn, device=labels.device)
+        idx = sample_branches(list(guided.chunk(gen.P, dim=-1)), u, top_k=TOP_K, top_p=TOP_P)
         for p in range(gen.P):
             codes[p].append(idx[p])
         h = gen.tokenizer.scale_contribution(si, idx)

@@ -91,7 +91,8 @@ def test_pattern_scales_must_divide_the_grid_and_are_refused_by_the_official_for
     tok = Tokenizer(cfg)
     with pytest.raises(ValueError, match="no pattern scales"):
         to_official_state_dict(tok)
-    assert "pattern_scales" in fits_release(TokenizerConfig(**{**base, "product_quant": 1, "num_res_blocks": 2, "z_channels": 4}, pattern_scales=1))
+    release_like = {**base, "product_quant": 1, "num_res_blocks": 2, "z_channels": 4}  # fits but for the patterns
+    assert "pattern_scales" in fits_release(TokenizerConfig(**release_like, pattern_scales=1))
 
 
 def test_a_tokenizer_with_pattern_scales_round_trips_and_a_generator_samples_and_edits_on_it(tmp_path):

@@ -183,7 +183,7 @@ class MultiScaleQuantizer(nn.Module):
         g = torch.Generator().manual_seed(self.usage_updates * 1_000_003 + si)
         n = atoms_VD.shape[0] if not ready else int(dead_V.sum())
         pick = torch.randint(0, rows_ND.shape[0], (n,), generator=g).to(rows_ND.device)
-        jitter = torch.randn(n, rows_ND.shape[1], generator=g).to(rows_ND) * (0.1 * rows_ND.std())
+        jitter = torch.randn(n, rows_ND.shape[1], generator=g).to(rows_ND) * ((0.05 if ready else 0.1) * rows_ND.std())
         if ready:
             atoms_VD[dead_V] = rows_ND[pick] + jitter
         else:
