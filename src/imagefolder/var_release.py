@@ -54,12 +54,11 @@ def is_generator_state(obj: Any) -> bool:
 
 def fits_release(cfg: TokenizerConfig) -> str | None:
     """None if VAR's VQVAE format can hold a tokenizer of this configuration, else the reason it cannot."""
-    want = dict(enc_type="cnn", dec_type="cnn", product_quant=1, semantic_guide="none", num_res_blocks=2)
+    want = dict(enc_type="cnn", dec_type="cnn", product_quant=1, semantic_guide="none", num_res_blocks=2,
+                pattern_scales=0)
     for key, value in want.items():
         if getattr(cfg, key) != value:
             return f"{key} is {getattr(cfg, key)!r} (VAR's VQVAE: {value!r})"
-    if cfg.pattern_scales:
-        return f"pattern_scales is {cfg.pattern_scales} (VAR's VQVAE: none)"
     if cfg.encoder_ch_mult != cfg.decoder_ch_mult:
         return "the encoder and decoder levels differ (VAR's VQVAE: the same ch_mult)"
     if cfg.z_channels != cfg.codebook_embed_dim:

@@ -365,8 +365,6 @@ class Generator(nn.Module):
             seed = int(torch.randint(0, 2**62, ()).item())
         rng = PerImageRNG(seed, indices)
         codes: Codes = [[] for _ in range(self.P)]
-        tables = [[q.code_table(si).float() for q in self.tokenizer.quantizes]  # [scale][branch] (V, D)
-                  for si in range(len(self.patch_nums))]
 
         K = len(self.patch_nums)
 
@@ -384,11 +382,13 @@ class Generator(nn.Module):
             filtered: list[torch.Tensor] = []
             idx = sample_branches(guided, u, top_k=top_k, top_p=top_p, joint=joint_sample, filtered_out=filtered)
             vectors = None
+            if u_smooth is not None or source is not None:  # each branch's (V, D) code table at this scale
+                tables = [q.code_table(si).float() for q in self.tokenizer.quantizes]
             if u_smooth is not None:
                 vectors = [smooth_weights(f, u_smooth[:, p], si, K) @ emb
-                           for p, (f, emb) in enumerate(zip(filtered, tables[si]))]
+                           for p, (f, emb) in enumerate(zip(filtered, tables))]
             if source is not None:
-                idx, vectors = keep_region(idx, vectors, [s[si] for s in source], keep_masks[si], tables[si])
+                idx, vectors = keep_region(idx, vectors, [s[si] for s in source], keep_masks[si], tables)
             for p in range(self.P):
                 codes[p].append(idx[p])
             return idx if vectors is None else (idx, vectors)

@@ -37,6 +37,13 @@ def _identity(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def _nearest(z_NC: torch.Tensor, table_VC: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest row of ``table`` (Euclidean) for each row of ``z``: |z|^2 + |e|^2 - 2 z.e in VAR's
+    order of operations (a tie resolves as in its quantizer)."""
+    d_NV = z_NC.square().sum(dim=1, keepdim=True) + table_VC.square().sum(dim=1)
+    return torch.argmin(d_NV.addmm_(z_NC, table_VC.T, alpha=-2, beta=1), dim=1)
+
+
 class Phi(nn.Conv2d):
     """phi(h) = (1 - r) h + r conv3x3(h): smooths an upsampled scale before it is added to f_hat."""
 
@@ -126,9 +133,7 @@ class MultiScaleQuantizer(nn.Module):
             codebook_VC = self.search_codebook()
         if self.l2_norm:
             return torch.argmax(F.normalize(z_NC, dim=-1) @ codebook_VC.T, dim=1)
-        # |z|^2 + |e|^2 - 2 z.e in VAR's order of operations (a tie resolves as in its quantizer)
-        d_NV = z_NC.square().sum(dim=1, keepdim=True) + codebook_VC.square().sum(dim=1)
-        return torch.argmin(d_NV.addmm_(z_NC, codebook_VC.T, alpha=-2, beta=1), dim=1)
+        return _nearest(z_NC, codebook_VC)
 
     def code_table(self, si: int) -> torch.Tensor:
         """The vectors the codes of scale ``si`` stand for: the codebook (V, C), or a pattern scale's (V, D)."""
@@ -160,9 +165,7 @@ class MultiScaleQuantizer(nn.Module):
         """The code of every position of scale si (B*l,): the nearest patch, or ``lookup`` of the cell mean."""
         if si >= self.pattern_scales:
             return self.lookup(self._residual_rows(f_rest, si), codebook_VC)
-        rows_ND, atoms_VD = self._patch_rows(f_rest, si), self.patterns[si].detach()
-        d_NV = rows_ND.square().sum(1, keepdim=True) + atoms_VD.square().sum(1)
-        return torch.argmin(d_NV.addmm_(rows_ND, atoms_VD.T, alpha=-2, beta=1), dim=1)
+        return _nearest(self._patch_rows(f_rest, si), self.patterns[si].detach())
 
     @torch.no_grad()
     def _tend_patterns(self, f_rest: torch.Tensor, si: int, gather_fn) -> None:

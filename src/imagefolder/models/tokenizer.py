@@ -19,16 +19,12 @@ import torch.nn.functional as F
 from ..config import ConfigError, TokenizerConfig
 from .lowp import LowPrecisionWeights, channels_last_input, low_precision
 from .conv import ConvDecoder, ConvEncoder
-from .quantizer import MultiScaleQuantizer
+from .quantizer import MultiScaleQuantizer, _identity
 from .vit import LatentViTDecoder, LatentViTEncoder, create_vit
 
 Codes = list[list[torch.Tensor]]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def _identity(t: torch.Tensor) -> torch.Tensor:
-    return t
 
 
 @dataclass
