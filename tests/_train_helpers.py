@@ -59,6 +59,7 @@ def tiny_demo_recipes() -> dict:
                       "num_res_blocks": 1, "num_latent_tokens": 16, "v_patch_nums": [1, 2, 4],
                       "codebook_size": 16, "codebook_embed_dim": 4, "start_drop": 1, "global_batch_size": 8,
                       "log_every": 1},
+        "PATTERN_SCALES": {"v_patch_nums": [1, 1, 2, 4], "pattern_scales": 2, "codebook_drop": 0.2, "start_drop": 1},
         "GENERATOR": {**recipes.GENERATOR, "depth": 1, "embed_dim": 64, "num_heads": 2, "global_batch_size": 8,
                       "log_every": 1},
         "SAMPLING": {**recipes.SAMPLING, "per_class": 13},

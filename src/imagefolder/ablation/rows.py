@@ -5,9 +5,10 @@ the token count, rFID, gFID (VAR-d16 on the row's tokenizer) and the linear-prob
 features, on ImageNet 256. The rows' recipes with the authors' keys are ``configs/ablation/row1.yaml`` ...
 ``row8.yaml``.
 
-At CPU scale (``cpu_tokenizer_recipe``) every row is the demo's conv tokenizer recipe (``demo.recipes.TOKENIZER``:
-32 px, an 8x8 latent grid) with the features of the later rows taken away, so row 6 *is* the demo's recipe and each
-row differs from the previous one in what the paper's row adds:
+At CPU scale (``cpu_tokenizer_recipe``) every row is the demo's conv tokenizer recipe without its pattern scales, a
+demo addition the paper does not have (``demo.recipes.TOKENIZER``: 32 px, an 8x8 latent grid), with the features
+of the later rows taken away, so row 6 *is* that recipe and each row differs from the previous one in what the
+paper's row adds:
 
 * row 1: one branch, no quantizer dropout, no semantic teacher, and every scale side 1, 2, ..., 8 of the grid
   (8 scales, 204 tokens: VAR's dense schedule, the most tokens this grid holds);
@@ -17,7 +18,7 @@ row differs from the previous one in what the paper's row adds:
   claim tested is the token budget, not the grid;
 * row 4: + a second branch (product quantization; the generator predicts both codes of a position at once);
 * row 5: + the teacher's semantic regularisation, of all branches (``half_sem`` false);
-* row 6: + of the last branch only (``half_sem`` true): the demo recipe.
+* row 6: + of the last branch only (``half_sem`` true): the demo recipe without pattern scales.
 
 Rows 7 and 8 do not run at CPU scale: the stronger discriminator is heads on a *pretrained* DINOv2-S, which needs a
 download, and a randomly initialised ViT is not a stronger discriminator; row 8 builds on row 7.

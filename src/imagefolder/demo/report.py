@@ -104,6 +104,9 @@ def _models(gen: Generator, judge_dir: Path, teacher_is_judge: bool) -> list[str
         vit = {**t.vit_kwargs}
         nets = f"ViT encoder/decoder (width {vit.get('embed_dim', '?')}, depth {vit.get('depth', '?')})"
     scales = ", ".join(f"{s}x{s}" for s in t.v_patch_nums)
+    if t.pattern_scales:
+        scales += (f"; the first {_count(t.pattern_scales, 'scale')} pick whole latent patches from their own "
+                   "codebooks (pattern scales), so one code decides a global layout")
     if t.semantic_guide == "classifier":
         who = (f"the judge classifier's backbone ({width}-d pooled features), so the semantic branch learns the "
                "judge's feature space" if teacher_is_judge else

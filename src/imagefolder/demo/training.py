@@ -127,11 +127,13 @@ def train_all(plan: TrainingPlan, out: Path, device: torch.device, progress: boo
             stage, res.data_dir, folder, size=size, seed=plan.seed, epochs=count, budget_minutes=budget,
             device=device, progress=progress, step=step))
 
-    stop = stopping(recipes.TOKENIZER, plan.tokenizer_steps, n_train, clock, "tokenizer")
-    announce(4, STAGES, f"tokenizer: {recipes.TOKENIZER['product_quant']}-branch product quantization, quantizer "
-             "dropout, semantic branch and perceptual loss from the teacher; " + stop_text(stop))
+    recipe = recipes.demo_tokenizer()
+    stop = stopping(recipe, plan.tokenizer_steps, n_train, clock, "tokenizer")
+    announce(4, STAGES, f"tokenizer: {recipe['product_quant']}-branch product quantization, "
+             f"{recipe['pattern_scales']} pattern scales, quantizer dropout, semantic branch and perceptual loss "
+             "from the teacher; " + stop_text(stop))
     res.summaries["tokenizer"] = timed("tokenizer", lambda: train_tokenizer_stage(
-        recipes.TOKENIZER, stop, res.data_dir, res.teacher_dir, res.classifier_dir, res.tokenizer_dir, size=size,
+        recipe, stop, res.data_dir, res.teacher_dir, res.classifier_dir, res.tokenizer_dir, size=size,
         seed=plan.seed, device=device, progress=progress))
 
     announce(5, STAGES, "pretokenize: the training set's codes, as is and mirrored")
