@@ -5,6 +5,7 @@ Set IMAGEFOLDER_SERVE_SCREENSHOTS=DIR to keep the screenshots (the README's docs
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -13,6 +14,8 @@ import socket
 import numpy as np
 import pytest
 from PIL import Image
+
+from imagefolder.demo.assets import DEFAULT_ASSETS
 
 gradio = pytest.importorskip("gradio", reason='gradio is not installed (pip install -e ".[serve]")')
 webdriver = pytest.importorskip("selenium.webdriver", reason='selenium is not installed (pip install -e ".[dev]")')
@@ -85,8 +88,10 @@ def test_the_page_samples_and_shows_the_pictures(page_url, browser, tmp_path):
     assert "0: circle" in shown  # the class picker shows the demo model's class names
     assert _loaded_images(browser, "samples") == 0
     _click(wait, lambda d: d.find_element(By.ID, "sample-button"))
-    wait.until(lambda d: _loaded_images(d, "samples") >= 8 and _loaded_images(d, "progression") >= 6)
-    assert _loaded_images(browser, "progression") == 6  # the demo model's 6 scales
+    tokenizer = json.loads((DEFAULT_ASSETS / "generator" / "tokenizer" / "config.json").read_text())
+    scales = len(tokenizer["config"]["v_patch_nums"])
+    wait.until(lambda d: _loaded_images(d, "samples") >= 8 and _loaded_images(d, "progression") >= scales)
+    assert _loaded_images(browser, "progression") == scales  # one picture per scale of the demo model
     _screenshot(browser, tmp_path / "serve-sample.png")
 
 
