@@ -49,6 +49,8 @@ class TokenizerConfig:
     start_drop: int = 3                  # fewest scales a dropped sample keeps
     commit_loss_beta: float = 0.25       # commitment weight inside the VQ loss
     pattern_scales: int = 0              # first scales whose codes are whole latent patches (nearest, placed as they are)
+    latent_perturb: float = 0.0          # training only: share of code positions given one of their next-nearest codes
+    latent_perturb_topk: int = 8         # ... drawn from this many nearest codes (the nearest one excluded)
     codebook_l2_norm: bool = True        # code search: cosine similarity (ImageFolder) or, false, Euclidean (VAR)
     semantic_guide: str = "dinov2"       # teacher regularising a branch: "dinov2" (frozen ViT), "classifier", "none"
     teacher: dict[str, Any] = field(default_factory=dict)  # ClassifierConfig fields when semantic_guide="classifier"
@@ -91,6 +93,9 @@ class TokenizerConfig:
                f"pattern_scales {self.pattern_scales}: the sides of the first pattern_scales scales "
                f"{self.v_patch_nums[:max(self.pattern_scales, 0)]} must divide the latent grid side {side}")
         _check(0.0 <= self.codebook_drop <= 1.0, f"codebook_drop must be in [0, 1], got {self.codebook_drop}")
+        _check(0.0 <= self.latent_perturb <= 1.0, f"latent_perturb must be in [0, 1], got {self.latent_perturb}")
+        _check(2 <= self.latent_perturb_topk <= self.codebook_size,
+               f"latent_perturb_topk must be in [2, codebook_size={self.codebook_size}], got {self.latent_perturb_topk}")
         _check(1 <= self.start_drop <= len(self.v_patch_nums),
                f"start_drop must be in [1, {len(self.v_patch_nums)}], got {self.start_drop}")
         _check(self.semantic_guide in ("dinov2", "classifier", "none"),

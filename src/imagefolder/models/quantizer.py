@@ -13,6 +13,12 @@ things that interpolated coarse codes cannot draw, such as the orientation of st
 k-means centres they start from residual patches of the first training batch, and a code unused for a while is
 moved onto a residual patch of the current batch (the same one in every process).
 
+Latent perturbation (``perturb`` > 0, training only; RobusTok's sampling-error synthesis, not in ImageFolder): at
+every scale a share ``perturb`` of the positions takes, instead of its nearest code, one drawn uniformly from its
+next ``perturb_topk - 1`` nearest, and the later scales quantize what that leaves, as they do after a generator's
+draw. The decoder learns to paint through the near-miss codes a generator draws, and the encoder to put what the
+picture needs where such misses do not erase it. Encoding and inference are unchanged.
+
 Glossary: ``B`` batch, ``C`` code vector size (codebook_embed_dim), ``V`` codebook size, ``K`` number of scales,
 ``H = W`` latent grid side, ``pn`` side of one scale, ``l = pn*pn`` codes of one scale, ``N`` flattened positions,
 ``p`` side of a pattern scale's patch, ``D = C*p*p`` its size.
@@ -91,8 +97,9 @@ class QuantizerTrainOutput:
 class MultiScaleQuantizer(nn.Module):
     def __init__(self, codebook_size: int, dim: int, v_patch_nums: tuple[int, ...], *,
                  share_quant_resi: int = 4, quant_resi: float = 0.5, beta: float = 0.25, l2_norm: bool = True,
-                 pattern_scales: int = 0):
+                 pattern_scales: int = 0, perturb: float = 0.0, perturb_topk: int = 8):
         super().__init__()
+        self.perturb, self.perturb_topk = perturb, perturb_topk
         self.codebook_size, self.dim, self.beta, self.l2_norm = codebook_size, dim, beta, l2_norm
         self.v_patch_nums = tuple(v_patch_nums)
         self.side = self.v_patch_nums[-1]
@@ -166,6 +173,22 @@ class MultiScaleQuantizer(nn.Module):
         if si >= self.pattern_scales:
             return self.lookup(self._residual_rows(f_rest, si), codebook_VC)
         return _nearest(self._patch_rows(f_rest, si), self.patterns[si].detach())
+
+    @torch.no_grad()
+    def _perturbed(self, f_rest: torch.Tensor, si: int, codebook_VC: torch.Tensor, idx_N: torch.Tensor
+                   ) -> torch.Tensor:
+        """``idx_N`` with a share ``perturb`` of its positions moved to one of their next ``perturb_topk - 1``
+        nearest codes (drawn uniformly, from the global random stream)."""
+        if si < self.pattern_scales:
+            rows, table = self._patch_rows(f_rest, si), self.patterns[si].detach()
+            score_NV = -torch.cdist(rows, table)
+        else:
+            rows, table = self._residual_rows(f_rest, si), codebook_VC
+            score_NV = F.normalize(rows, dim=-1) @ table.T if self.l2_norm else -torch.cdist(rows, table)
+        k = min(self.perturb_topk, table.shape[0])
+        near_Nk = score_NV.topk(k, dim=1).indices
+        other_N = near_Nk.gather(1, torch.randint(1, k, (len(idx_N), 1), device=idx_N.device)).squeeze(1)
+        return torch.where(torch.rand(len(idx_N), device=idx_N.device) < self.perturb, other_N, idx_N)
 
     @torch.no_grad()
     def _tend_patterns(self, f_rest: torch.Tensor, si: int, gather_fn) -> None:
@@ -261,7 +284,10 @@ class MultiScaleQuantizer(nn.Module):
         for si, pn in enumerate(self.v_patch_nums):
             if si < self.pattern_scales and self.training:
                 self._tend_patterns(f_rest, si, gather_fn)
-            idx_Bl = self._pick(f_rest, si, codebook_VC).view(B, pn * pn)
+            idx_N = self._pick(f_rest, si, codebook_VC)
+            if self.perturb > 0 and self.training:
+                idx_N = self._perturbed(f_rest, si, codebook_VC, idx_N)
+            idx_Bl = idx_N.view(B, pn * pn)
             hits_KV[si] = idx_Bl.flatten().bincount(minlength=self.codebook_size).float()
             h_BCHW = self.contribution(si, idx_Bl)
             keep_B111 = (si < n_keep_B).to(f.dtype).view(B, 1, 1, 1)

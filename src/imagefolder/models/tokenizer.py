@@ -64,7 +64,8 @@ class Tokenizer(nn.Module):
         self.quantizes = nn.ModuleList([
             MultiScaleQuantizer(c.codebook_size, Cb, c.v_patch_nums,
                                 share_quant_resi=c.share_quant_resi, quant_resi=c.quant_resi, beta=c.commit_loss_beta,
-                                l2_norm=c.codebook_l2_norm, pattern_scales=c.pattern_scales)
+                                l2_norm=c.codebook_l2_norm, pattern_scales=c.pattern_scales,
+                                perturb=c.latent_perturb, perturb_topk=c.latent_perturb_topk)
             for _ in range(P)])
         if c.semantic_guide != "none":
             if c.semantic_guide == "dinov2":
