@@ -184,7 +184,8 @@ def test_help_names_every_option(capsys):
     assert ablation_rows.NOT_AT_CPU_SCALE.startswith("rows 7 and 8")
 
 
-def test_demo_tokenizer_is_row_6_plus_the_pattern_scales():
+def test_demo_tokenizer_is_row_6_plus_the_pattern_scales_and_latent_perturbation():
     demo = recipes.demo_tokenizer()
     assert demo["pattern_scales"] > 0 and cpu_tokenizer_recipe(6).get("pattern_scales", 0) == 0
-    assert changed_keys(cpu_tokenizer_recipe(6), demo) == set(recipes.PATTERN_SCALES)
+    assert demo["latent_perturb"] > 0 and cpu_tokenizer_recipe(6).get("latent_perturb", 0) == 0
+    assert changed_keys(cpu_tokenizer_recipe(6), demo) == set(recipes.PATTERN_SCALES) | set(recipes.LATENT_PERTURB)

@@ -72,7 +72,8 @@ def test_train_quick_writes_every_output_and_ships(shipped):
     rows = [json.loads(line) for line in (out / "tokenizer" / "metrics.jsonl").read_text().splitlines()]
     assert any(r.get("perceptual", 0) > 0 for r in rows)
     report = (out / "report.md").read_text()
-    for words in ("2 branches", "quantizer dropout", "semantic regularisation", "the judge takes no part in training",
+    for words in ("2 branches", "quantizer dropout", "semantic regularisation", "latent perturbation",
+                  "the judge takes no part in training",
                   "![Samples", "loss_curves.png", "## Targets", recipes.ship_command()):
         assert words in report, words
     with Image.open(out / "samples.png") as img:  # 10 rows of 10 samples, upscaled to 64 px, labels on the left

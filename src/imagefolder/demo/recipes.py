@@ -56,9 +56,18 @@ PATTERN_SCALES: dict[str, Any] = {"v_patch_nums": [1, 1, 2, 3, 4, 6, 8], "patter
                                   "codebook_drop": 0.2, "start_drop": 1}
 
 
+# Latent perturbation (docs/DESIGN.md "Latent perturbation"), also a demo addition (RobusTok's, not the paper's): in
+# training a fifth of the code positions take one of their 7 next-nearest codes and the later scales correct the
+# miss. With the shipped model's data, teacher, judge and step counts the tokenizer reached 23.2 dB instead of 21.0
+# and 0.970 of its reconstructions were recognised instead of 0.954; the samples stayed where they were (0.612
+# against 0.628, within the noise).
+LATENT_PERTURB: dict[str, Any] = {"latent_perturb": 0.2, "latent_perturb_topk": 8}
+
+
 def demo_tokenizer() -> dict[str, Any]:
-    """The demo's tokenizer recipe: ``TOKENIZER`` with ``PATTERN_SCALES`` (read now, so a test's recipes carry over)."""
-    return {**TOKENIZER, **PATTERN_SCALES}
+    """The demo's tokenizer recipe: ``TOKENIZER`` with ``PATTERN_SCALES`` and ``LATENT_PERTURB`` (read now, so a
+    test's recipes carry over)."""
+    return {**TOKENIZER, **PATTERN_SCALES, **LATENT_PERTURB}
 
 
 GENERATOR: dict[str, Any] = {

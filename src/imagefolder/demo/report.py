@@ -126,7 +126,10 @@ def _models(gen: Generator, judge_dir: Path, teacher_is_judge: bool) -> list[str
         f"gets one code per branch, a 'folded' token) of {t.codebook_size} codes of dimension "
         f"{t.codebook_embed_dim}, residual over {t.num_scales} scales ({scales}); **quantizer dropout**: "
         f"{t.codebook_drop:.0%} of each training batch keeps only a random prefix of at least "
-        f"{_count(t.start_drop, 'scale')}; **semantic regularisation**: {teacher}.",
+        f"{_count(t.start_drop, 'scale')}; **semantic regularisation**: {teacher}" + (
+            f"; **latent perturbation** in training: {t.latent_perturb:.0%} of the code positions take one of "
+            f"their {t.latent_perturb_topk - 1} next-nearest codes and the later scales correct the miss"
+            if t.latent_perturb else "") + ".",
         f"**Generator**: VAR transformer (depth {g.depth}, width {g.embed_dim}, {g.num_heads} heads) predicting "
         f"both branches' codes of every position of the next scale at once, class-conditional with label dropout "
         f"{g.cond_drop_rate:g} for classifier-free guidance; sampled with cfg {recipes.SAMPLING['cfg']:g} "
