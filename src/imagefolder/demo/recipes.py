@@ -50,8 +50,8 @@ TOKENIZER: dict[str, Any] = {
 # leave them out (their row 6 is TOKENIZER): the first three scales pick whole latent patches from their own
 # codebooks, so the generator decides a picture's global layout in three draws. With the shipped model's data,
 # teacher, judge and generator recipe a prototype's samples were recognised 0.69 of the time (TOKENIZER alone:
-# 0.57); the shipped model made with this recipe by the package: 0.624 (reconstructions 0.954). A repeated 1x1 scale gives two global draws; quantizer dropout
-# 0.2 from the first scale trains decoding from a pattern prefix alone.
+# 0.57); the first model the package shipped with it: 0.624 (reconstructions 0.954). A repeated 1x1 scale gives two
+# global draws; quantizer dropout 0.2 from the first scale trains decoding from a pattern prefix alone.
 PATTERN_SCALES: dict[str, Any] = {"v_patch_nums": [1, 1, 2, 3, 4, 6, 8], "pattern_scales": 3,
                                   "codebook_drop": 0.2, "start_drop": 1}
 

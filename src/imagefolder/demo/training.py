@@ -129,9 +129,10 @@ def train_all(plan: TrainingPlan, out: Path, device: torch.device, progress: boo
 
     recipe = recipes.demo_tokenizer()
     stop = stopping(recipe, plan.tokenizer_steps, n_train, clock, "tokenizer")
-    announce(4, STAGES, f"tokenizer: {recipe['product_quant']}-branch product quantization, "
-             f"{recipe['pattern_scales']} pattern scales, quantizer dropout, latent perturbation, semantic branch "
-             "and perceptual loss from the teacher; " + stop_text(stop))
+    extras = (f"{recipe['pattern_scales']} pattern scales, " if recipe.get("pattern_scales") else "") + (
+        "latent perturbation, " if recipe.get("latent_perturb") else "")
+    announce(4, STAGES, f"tokenizer: {recipe['product_quant']}-branch product quantization, {extras}quantizer "
+             "dropout, semantic branch and perceptual loss from the teacher; " + stop_text(stop))
     res.summaries["tokenizer"] = timed("tokenizer", lambda: train_tokenizer_stage(
         recipe, stop, res.data_dir, res.teacher_dir, res.classifier_dir, res.tokenizer_dir, size=size,
         seed=plan.seed, device=device, progress=progress))

@@ -99,6 +99,8 @@ class MultiScaleQuantizer(nn.Module):
                  share_quant_resi: int = 4, quant_resi: float = 0.5, beta: float = 0.25, l2_norm: bool = True,
                  pattern_scales: int = 0, perturb: float = 0.0, perturb_topk: int = 8):
         super().__init__()
+        if perturb and not 2 <= perturb_topk <= codebook_size:
+            raise ValueError(f"perturb_topk must be in [2, {codebook_size}], got {perturb_topk}")
         self.perturb, self.perturb_topk = perturb, perturb_topk
         self.codebook_size, self.dim, self.beta, self.l2_norm = codebook_size, dim, beta, l2_norm
         self.v_patch_nums = tuple(v_patch_nums)
@@ -175,20 +177,19 @@ class MultiScaleQuantizer(nn.Module):
         return _nearest(self._patch_rows(f_rest, si), self.patterns[si].detach())
 
     @torch.no_grad()
-    def _perturbed(self, f_rest: torch.Tensor, si: int, codebook_VC: torch.Tensor, idx_N: torch.Tensor
-                   ) -> torch.Tensor:
-        """``idx_N`` with a share ``perturb`` of its positions moved to one of their next ``perturb_topk - 1``
-        nearest codes (drawn uniformly, from the global random stream)."""
+    def _pick_perturbed(self, f_rest: torch.Tensor, si: int, codebook_VC: torch.Tensor) -> torch.Tensor:
+        """``_pick`` with a share ``perturb`` of the positions moved to one of their next ``perturb_topk - 1``
+        nearest codes (drawn uniformly, from the global random stream); one scoring serves both."""
         if si < self.pattern_scales:
             rows, table = self._patch_rows(f_rest, si), self.patterns[si].detach()
             score_NV = -torch.cdist(rows, table)
         else:
             rows, table = self._residual_rows(f_rest, si), codebook_VC
             score_NV = F.normalize(rows, dim=-1) @ table.T if self.l2_norm else -torch.cdist(rows, table)
-        k = min(self.perturb_topk, table.shape[0])
-        near_Nk = score_NV.topk(k, dim=1).indices
-        other_N = near_Nk.gather(1, torch.randint(1, k, (len(idx_N), 1), device=idx_N.device)).squeeze(1)
-        return torch.where(torch.rand(len(idx_N), device=idx_N.device) < self.perturb, other_N, idx_N)
+        near_Nk = score_NV.topk(self.perturb_topk, dim=1).indices
+        N, dev = near_Nk.shape[0], near_Nk.device
+        other_N = near_Nk.gather(1, torch.randint(1, self.perturb_topk, (N, 1), device=dev)).squeeze(1)
+        return torch.where(torch.rand(N, device=dev) < self.perturb, other_N, near_Nk[:, 0])
 
     @torch.no_grad()
     def _tend_patterns(self, f_rest: torch.Tensor, si: int, gather_fn) -> None:
@@ -284,10 +285,8 @@ class MultiScaleQuantizer(nn.Module):
         for si, pn in enumerate(self.v_patch_nums):
             if si < self.pattern_scales and self.training:
                 self._tend_patterns(f_rest, si, gather_fn)
-            idx_N = self._pick(f_rest, si, codebook_VC)
-            if self.perturb > 0 and self.training:
-                idx_N = self._perturbed(f_rest, si, codebook_VC, idx_N)
-            idx_Bl = idx_N.view(B, pn * pn)
+            pick = self._pick_perturbed if self.perturb > 0 and self.training else self._pick
+            idx_Bl = pick(f_rest, si, codebook_VC).view(B, pn * pn)
             hits_KV[si] = idx_Bl.flatten().bincount(minlength=self.codebook_size).float()
             h_BCHW = self.contribution(si, idx_Bl)
             keep_B111 = (si < n_keep_B).to(f.dtype).view(B, 1, 1, 1)
