@@ -61,7 +61,9 @@ def tiny_demo_recipes() -> dict:
                       "log_every": 1},
         "PATTERN_SCALES": {"v_patch_nums": [1, 1, 2, 4], "pattern_scales": 2, "codebook_drop": 0.2, "start_drop": 1},
         "GENERATOR": {**recipes.GENERATOR, "depth": 1, "embed_dim": 64, "num_heads": 2, "global_batch_size": 8,
-                      "log_every": 1},
+                      "log_every": 1, "compile": False, "mixed_precision": "none"},
+        "ABLATION_GENERATOR": {**recipes.ABLATION_GENERATOR, "depth": 1, "embed_dim": 64, "num_heads": 2,
+                               "global_batch_size": 8, "log_every": 1},
         "SAMPLING": {**recipes.SAMPLING, "per_class": 13},
         "RECONSTRUCTION_ROWS": 3,
     }

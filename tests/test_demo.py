@@ -12,7 +12,7 @@ from PIL import Image
 from imagefolder.cli import main
 from imagefolder.demo import recipes
 from imagefolder.demo.plots import Curve, curves_figure
-from imagefolder.demo.training import StageClock
+from imagefolder.demo.training import StageClock, stopping
 
 from _train_helpers import tiny_demo_recipes
 
@@ -118,7 +118,8 @@ def test_default_mode_on_the_shipped_assets(shipped, tmp_path, capsys):
     from imagefolder.loading import load_generator
     scales = len(load_generator(assets / "generator").patch_nums)
     prefix = metrics["prefix_class_accuracy"]
-    assert list(prefix) == [str(k) for k in range(1, scales)] and metrics["prefix_images"] == metrics["val_images"]
+    assert list(prefix) == [str(k) for k in range(1, scales)]
+    assert metrics["prefix_images"] == min(recipes.PREFIX_IMAGES, metrics["val_images"]) < metrics["val_images"]
     assert all(0 <= a <= 1 for a in prefix.values())
     assert "## Where recognisability is lost" in report and f"| 1 | {prefix['1']:.3f} ± " in report
     assert f"| {scales} (reconstructions) |" in report
@@ -176,3 +177,14 @@ def test_the_packaged_demo_model_runs(tmp_path, monkeypatch):
     assert metrics["dataset"]["size"] == 32 and metrics["val_class_accuracy"] > 0.9  # the shipped judge works
     assert metrics["codebook_usage_finest"] > 0.8
     assert metrics["probe_acc_semantic_branch"] > metrics["probe_acc_detail_branch"]
+
+
+def test_a_budget_too_short_to_repay_compiling_trains_without_it():
+    recipe = {**recipes.GENERATOR, "compile": True}
+    short = stopping(recipe, None, 5000, StageClock(2.0, {"generator": 0.5}), "generator")
+    assert short["compile"] is False and short["time_budget_minutes"] < recipes.COMPILE_MIN_MINUTES
+    long = stopping(recipe, None, 5000, StageClock(60.0, {"generator": 0.5}), "generator")
+    assert "compile" not in long and long["time_budget_minutes"] > recipes.COMPILE_MIN_MINUTES
+    assert "compile" not in stopping(recipe, 3000, 5000, StageClock(1.0, {"generator": 0.5}), "generator")
+    eager = stopping({**recipe, "compile": False}, None, 5000, StageClock(2.0, {"generator": 0.5}), "generator")
+    assert "compile" not in eager

@@ -175,3 +175,17 @@ def test_full_size_recipes_build_the_released_architecture(depth):
     with torch.device("meta"):
         gen = imf.Generator(model)
     assert set(to_official_state_dict(gen)) == set(parse_keys(f"var_d{depth}_keys.txt"))
+
+
+def test_compiled_bf16_training_saves_plain_weights_that_load(env, tmp_path):
+    """The demo's recipe trains the generator compiled and under bf16 autocast: the run must save the plain
+    module's fp32 weights (no torch.compile wrapper names), in a model that loads and samples."""
+    out = tmp_path / "run"
+    assert train(config(env, "compiled", epochs=1, val_every=2, compile=True, mixed_precision="bf16"), out) == 0
+    seen = losses(out)
+    assert len(seen) == 2 and all(torch.isfinite(torch.tensor(seen)))
+    state = load_train_state(Checkpoints(out).latest())["models"]["generator"]
+    assert state and not [k for k in state if "_orig_mod" in k]
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+    gen = imf.load_generator(out / "last")
+    assert gen.generate([0, 9], top_k=0, seed=0).isfinite().all()

@@ -85,11 +85,14 @@ def _epochs_for(steps: int, images: int, batch: int) -> int:
 
 
 def stopping(recipe: dict[str, Any], steps: int | None, images: int, clock: StageClock, stage: str) -> dict[str, Any]:
-    """Option overrides that stop a trainer after ``steps`` steps, or else at its share of the time budget."""
+    """Option overrides that stop a trainer after ``steps`` steps, or else at its share of the time budget. A share
+    too short to repay compiling (``recipes.COMPILE_MIN_MINUTES``) also turns the recipe's ``compile`` off."""
     if steps is not None:
         return {"max_steps": steps, "epochs": _epochs_for(steps, images, recipe["global_batch_size"]),
                 "time_budget_minutes": None}
-    return {"time_budget_minutes": clock.minutes_for(stage)}
+    minutes = clock.minutes_for(stage)
+    short = recipe.get("compile") and minutes < recipes.COMPILE_MIN_MINUTES
+    return {"time_budget_minutes": minutes, **({"compile": False} if short else {})}
 
 
 def announce(step: int, total: int, text: str) -> None:
