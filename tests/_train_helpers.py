@@ -62,8 +62,8 @@ def tiny_demo_recipes() -> dict:
         "PATTERN_SCALES": {"v_patch_nums": [1, 1, 2, 4], "pattern_scales": 2, "codebook_drop": 0.2, "start_drop": 1},
         "GENERATOR": {**recipes.GENERATOR, "depth": 1, "embed_dim": 64, "num_heads": 2, "global_batch_size": 8,
                       "log_every": 1, "compile": False, "mixed_precision": "none"},
-        "ABLATION_GENERATOR": {**recipes.ABLATION_GENERATOR, "depth": 1, "embed_dim": 64, "num_heads": 2,
-                               "global_batch_size": 8, "log_every": 1},
+        "SMALL_GENERATOR": {**recipes.SMALL_GENERATOR, "depth": 1, "embed_dim": 32, "num_heads": 2,
+                            "global_batch_size": 8, "log_every": 1},
         "SAMPLING": {**recipes.SAMPLING, "per_class": 13},
         "RECONSTRUCTION_ROWS": 3,
     }

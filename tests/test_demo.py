@@ -12,7 +12,7 @@ from PIL import Image
 from imagefolder.cli import main
 from imagefolder.demo import recipes
 from imagefolder.demo.plots import Curve, curves_figure
-from imagefolder.demo.training import StageClock, stopping
+from imagefolder.demo.training import StageClock, generator_recipe, stopping
 
 from _train_helpers import tiny_demo_recipes
 
@@ -179,12 +179,13 @@ def test_the_packaged_demo_model_runs(tmp_path, monkeypatch):
     assert metrics["probe_acc_semantic_branch"] > metrics["probe_acc_detail_branch"]
 
 
-def test_a_budget_too_short_to_repay_compiling_trains_without_it():
-    recipe = {**recipes.GENERATOR, "compile": True}
-    short = stopping(recipe, None, 5000, StageClock(2.0, {"generator": 0.5}), "generator")
-    assert short["compile"] is False and short["time_budget_minutes"] < recipes.COMPILE_MIN_MINUTES
-    long = stopping(recipe, None, 5000, StageClock(60.0, {"generator": 0.5}), "generator")
-    assert "compile" not in long and long["time_budget_minutes"] > recipes.COMPILE_MIN_MINUTES
-    assert "compile" not in stopping(recipe, 3000, 5000, StageClock(1.0, {"generator": 0.5}), "generator")
-    eager = stopping({**recipe, "compile": False}, None, 5000, StageClock(2.0, {"generator": 0.5}), "generator")
-    assert "compile" not in eager
+def test_a_short_generator_budget_trains_the_small_generator():
+    def stop(minutes, steps=None):
+        return stopping(recipes.GENERATOR, steps, 5000, StageClock(minutes, {"generator": 0.5}), "generator")
+    short = stop(2.0)
+    assert short["time_budget_minutes"] < recipes.LARGE_GENERATOR_MIN_MINUTES
+    assert generator_recipe(short) is recipes.SMALL_GENERATOR and not recipes.SMALL_GENERATOR["compile"]
+    assert generator_recipe(stop(60.0)) is recipes.GENERATOR  # 30 minutes of generator
+    assert generator_recipe(stop(1.0, steps=3000)) is recipes.GENERATOR  # fixed steps: the shipped recipe
+    assert (recipes.SMALL_GENERATOR["depth"], recipes.SMALL_GENERATOR["embed_dim"]) != (
+        recipes.GENERATOR["depth"], recipes.GENERATOR["embed_dim"])

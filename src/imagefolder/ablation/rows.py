@@ -87,10 +87,10 @@ def cpu_tokenizer_recipe(row: int) -> dict[str, Any]:
 
 
 def cpu_generator_recipe(row: int) -> dict[str, Any]:
-    """The generator recipe of every row at CPU scale (``recipes.ABLATION_GENERATOR``)."""
+    """The generator recipe of every row at CPU scale (``recipes.SMALL_GENERATOR``)."""
     if row not in CPU_ROWS:
         raise ValueError(f"row {row}: {NOT_AT_CPU_SCALE}")
-    return dict(recipes.ABLATION_GENERATOR)
+    return dict(recipes.SMALL_GENERATOR)
 
 
 def changed_keys(before: dict[str, Any], after: dict[str, Any]) -> set[str]:

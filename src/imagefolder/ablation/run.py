@@ -146,7 +146,7 @@ def _stops(s: AblationSettings, n_train: int) -> dict[str, dict[str, Any]]:
     minutes = (s.budget_minutes or DEFAULT_BUDGET_MINUTES) / len(s.rows)
     clock = _RowClock(minutes)
     return {"tokenizer": stopping(recipes.TOKENIZER, s.tokenizer_steps, n_train, clock, "tokenizer"),
-            "generator": stopping(recipes.ABLATION_GENERATOR, s.generator_steps, n_train, clock, "generator")}
+            "generator": stopping(recipes.SMALL_GENERATOR, s.generator_steps, n_train, clock, "generator")}
 
 
 def _pictures(row_dir: Path, gen, images, classes: list[str]) -> None:

@@ -85,14 +85,19 @@ def _epochs_for(steps: int, images: int, batch: int) -> int:
 
 
 def stopping(recipe: dict[str, Any], steps: int | None, images: int, clock: StageClock, stage: str) -> dict[str, Any]:
-    """Option overrides that stop a trainer after ``steps`` steps, or else at its share of the time budget. A share
-    too short to repay compiling (``recipes.COMPILE_MIN_MINUTES``) also turns the recipe's ``compile`` off."""
+    """Option overrides that stop a trainer after ``steps`` steps, or else at its share of the time budget."""
     if steps is not None:
         return {"max_steps": steps, "epochs": _epochs_for(steps, images, recipe["global_batch_size"]),
                 "time_budget_minutes": None}
-    minutes = clock.minutes_for(stage)
-    short = recipe.get("compile") and minutes < recipes.COMPILE_MIN_MINUTES
-    return {"time_budget_minutes": minutes, **({"compile": False} if short else {})}
+    return {"time_budget_minutes": clock.minutes_for(stage)}
+
+
+def generator_recipe(stop: dict[str, Any]) -> dict[str, Any]:
+    """The demo's generator for a stage stopped by ``stop``: ``recipes.GENERATOR``, or ``recipes.SMALL_GENERATOR``
+    when a time budget gives it less than ``recipes.LARGE_GENERATOR_MIN_MINUTES``."""
+    minutes = stop["time_budget_minutes"]
+    small = minutes is not None and minutes < recipes.LARGE_GENERATOR_MIN_MINUTES
+    return recipes.SMALL_GENERATOR if small else recipes.GENERATOR
 
 
 def announce(step: int, total: int, text: str) -> None:
@@ -146,9 +151,11 @@ def train_all(plan: TrainingPlan, out: Path, device: torch.device, progress: boo
         res.tokenizer_dir / "last", res.data_dir, codes, device=device, progress=progress))
 
     stop = stopping(recipes.GENERATOR, plan.generator_steps, n_train, clock, "generator")
-    announce(6, STAGES, "generator: class-conditional VAR over the folded tokens; " + stop_text(stop))
+    gen_recipe = generator_recipe(stop)
+    announce(6, STAGES, f"generator: class-conditional VAR over the folded tokens, depth {gen_recipe['depth']}, width "
+             f"{gen_recipe['embed_dim']}{', compiled' if gen_recipe.get('compile') else ''}; " + stop_text(stop))
     res.summaries["generator"] = timed("generator", lambda: train_generator_stage(
-        recipes.GENERATOR, stop, res.data_dir, res.tokenizer_dir / "last", codes, res.generator_dir, seed=plan.seed,
+        gen_recipe, stop, res.data_dir, res.tokenizer_dir / "last", codes, res.generator_dir, seed=plan.seed,
         device=device, progress=progress))
     return res
 
