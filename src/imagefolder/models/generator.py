@@ -64,6 +64,23 @@ class KVCache:
         return self.k[:, :, :self.n], self.v[:, :, :self.n]
 
 
+def attention(q_BHLc: torch.Tensor, k_BHlc: torch.Tensor, v_BHlc: torch.Tensor, bias: torch.Tensor | None,
+              scale: float, dropout_p: float) -> torch.Tensor:
+    """softmax(q k^T scale + bias) v, (B, H, L, c). On a CPU with autograd recording it is spelled out instead of
+    PyTorch's fused kernel, whose CPU backward (flash) ran about 12x slower than its forward: 39% of a compiled bf16
+    training step of the demo's generator. Spelled out, ``torch.compile`` fuses the softmax and the step runs 1.38x
+    faster (BENCHMARKS.md); sampling and evaluation keep the fused kernel (and its bit-exact references)."""
+    if q_BHLc.device.type != "cpu" or not torch.is_grad_enabled():
+        return F.scaled_dot_product_attention(q_BHLc, k_BHlc, v_BHlc, attn_mask=bias, scale=scale, dropout_p=dropout_p)
+    a_BHLl = torch.matmul(q_BHLc * scale, k_BHlc.transpose(-2, -1))
+    if bias is not None:
+        a_BHLl = a_BHLl + bias
+    a_BHLl = a_BHLl.float().softmax(-1).to(v_BHlc.dtype)  # in fp32 under autocast, as the fused kernel does
+    if dropout_p > 0:
+        a_BHLl = F.dropout(a_BHLl, dropout_p)
+    return torch.matmul(a_BHLl, v_BHlc)
+
+
 class SelfAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, attn_drop: float, proj_drop: float, l2_norm: bool):
         super().__init__()
@@ -93,8 +110,7 @@ class SelfAttention(nn.Module):
             k, v = cache.append(k, v)
         if attn_bias is not None:
             attn_bias = attn_bias.to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, scale=self.scale,
-                                             dropout_p=self.attn_drop if self.training else 0.0)
+        out = attention(q, k, v, attn_bias, self.scale, self.attn_drop if self.training else 0.0)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, L, C)))
 
 
