@@ -148,7 +148,13 @@ def main() -> None:
                     help="a local checkout of FoundationVision/VAR: also time its own sampler on the same weights")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                     help="where to time: auto = the GPU when torch sees one, else the CPU")
+    ap.add_argument("--keep-freed-memory", action="store_true",
+                    help="tune the C library's malloc first as the imagefolder command does (imagefolder.allocator); "
+                         "it acts on the whole process, so on both samplers")
     args = ap.parse_args()
+    if args.keep_freed_memory:
+        from imagefolder.allocator import keep_freed_memory
+        print(f"malloc: freed memory kept in the heap ({'applied' if keep_freed_memory() else 'not available here'})")
 
     device = pick_device(args.device)
     var_models = import_official(args.official) if args.official is not None else None

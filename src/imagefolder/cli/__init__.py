@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..allocator import keep_freed_memory
+    keep_freed_memory()  # large tensors reuse freed heap memory instead of fresh pages (IMAGEFOLDER_MALLOC=system: off)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "accepts_overrides", False):
