@@ -179,13 +179,34 @@ def test_the_packaged_demo_model_runs(tmp_path, monkeypatch):
     assert metrics["probe_acc_semantic_branch"] > metrics["probe_acc_detail_branch"]
 
 
-def test_a_short_generator_budget_trains_the_small_generator():
+def test_a_short_generator_budget_trains_the_small_generator(monkeypatch):
+    import imagefolder.demo.training as training
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: True)
+
     def stop(minutes, steps=None):
         return stopping(recipes.GENERATOR, steps, 5000, StageClock(minutes, {"generator": 0.5}), "generator")
-    short = stop(2.0)
-    assert short["time_budget_minutes"] < recipes.LARGE_GENERATOR_MIN_MINUTES
-    assert generator_recipe(short) is recipes.SMALL_GENERATOR and not recipes.SMALL_GENERATOR["compile"]
-    assert generator_recipe(stop(60.0)) is recipes.GENERATOR  # 30 minutes of generator
-    assert generator_recipe(stop(1.0, steps=3000)) is recipes.GENERATOR  # fixed steps: the shipped recipe
+    cpu = torch.device("cpu")
+    short = stop(2.0)  # 1 minute of generator: too short to compile
+    assert short["time_budget_minutes"] < recipes.COMPILE_MIN_MINUTES
+    assert generator_recipe(short, cpu) is recipes.SMALL_GENERATOR and not recipes.SMALL_GENERATOR["compile"]
+    medium = stop(12.0)  # 6 minutes: the small generator, compiled
+    assert recipes.COMPILE_MIN_MINUTES <= medium["time_budget_minutes"] < recipes.LARGE_GENERATOR_MIN_MINUTES
+    small = generator_recipe(medium, cpu)
+    assert (small["depth"], small["embed_dim"], small["compile"]) == (
+        recipes.SMALL_GENERATOR["depth"], recipes.SMALL_GENERATOR["embed_dim"], True)
+    assert small["mixed_precision"] == "bf16"
+    assert generator_recipe(stop(60.0), cpu) is recipes.GENERATOR  # 30 minutes of generator
+    assert generator_recipe(stop(1.0, steps=3000), cpu)["depth"] == recipes.GENERATOR["depth"]  # fixed steps
     assert (recipes.SMALL_GENERATOR["depth"], recipes.SMALL_GENERATOR["embed_dim"]) != (
         recipes.GENERATOR["depth"], recipes.GENERATOR["embed_dim"])
+
+
+def test_a_cpu_without_native_bf16_trains_the_generators_in_fp32(monkeypatch):
+    import imagefolder.demo.training as training
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: False)
+    fixed = {"time_budget_minutes": None, "max_steps": 3000}
+    assert recipes.GENERATOR["mixed_precision"] == "bf16"
+    assert generator_recipe(fixed, torch.device("cpu"))["mixed_precision"] == "none"
+    assert generator_recipe({"time_budget_minutes": 6.0}, torch.device("cpu"))["mixed_precision"] == "none"
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: True)
+    assert generator_recipe(fixed, torch.device("cpu")) is recipes.GENERATOR

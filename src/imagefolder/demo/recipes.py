@@ -95,6 +95,9 @@ GENERATOR: dict[str, Any] = {
 SMALL_GENERATOR: dict[str, Any] = {**GENERATOR, "depth": 4, "embed_dim": 192, "num_heads": 4, "compile": False,
                                    "mixed_precision": "none"}
 LARGE_GENERATOR_MIN_MINUTES = 15.0
+# A budgeted stage with at least this long compiles the small generator under bf16 (1.57x its eager fp32 step in
+# benchmarks/bench_generator_step.py); compiling costs 30-60 s before the first step, so shorter stages run eagerly.
+COMPILE_MIN_MINUTES = 3.0
 
 # 50 samples per class: 500 put the standard error of the sample accuracy near 0.02 (200: 0.035).
 # constant guidance: with the official ramp (no guidance at the first scales, where the shape is decided) the

@@ -92,12 +92,27 @@ def stopping(recipe: dict[str, Any], steps: int | None, images: int, clock: Stag
     return {"time_budget_minutes": clock.minutes_for(stage)}
 
 
-def generator_recipe(stop: dict[str, Any]) -> dict[str, Any]:
-    """The demo's generator for a stage stopped by ``stop``: ``recipes.GENERATOR``, or ``recipes.SMALL_GENERATOR``
-    when a time budget gives it less than ``recipes.LARGE_GENERATOR_MIN_MINUTES``."""
+def cpu_has_bf16() -> bool:
+    """Whether this CPU does bf16 arithmetic natively (AVX-512 BF16 or AMX). Without it bf16 autocast trains
+    2-3x slower than fp32 (BENCHMARKS.md), so the demo's recipes fall back to fp32 there."""
+    checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    return any(check is not None and check() for check in checks)
+
+
+def generator_recipe(stop: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The demo's generator for a stage stopped by ``stop`` on ``device``: ``recipes.GENERATOR``; or, when a time
+    budget gives it less than ``recipes.LARGE_GENERATOR_MIN_MINUTES``, ``recipes.SMALL_GENERATOR``, compiled under
+    bf16 when the stage has at least ``recipes.COMPILE_MIN_MINUTES``. On a CPU without native bf16, fp32."""
     minutes = stop["time_budget_minutes"]
-    small = minutes is not None and minutes < recipes.LARGE_GENERATOR_MIN_MINUTES
-    return recipes.SMALL_GENERATOR if small else recipes.GENERATOR
+    if minutes is None or minutes >= recipes.LARGE_GENERATOR_MIN_MINUTES:
+        recipe = recipes.GENERATOR
+    elif minutes >= recipes.COMPILE_MIN_MINUTES:
+        recipe = {**recipes.SMALL_GENERATOR, "compile": True, "mixed_precision": "bf16"}
+    else:
+        recipe = recipes.SMALL_GENERATOR
+    if recipe["mixed_precision"] == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+        recipe = {**recipe, "mixed_precision": "none"}
+    return recipe
 
 
 def announce(step: int, total: int, text: str) -> None:
@@ -151,9 +166,11 @@ def train_all(plan: TrainingPlan, out: Path, device: torch.device, progress: boo
         res.tokenizer_dir / "last", res.data_dir, codes, device=device, progress=progress))
 
     stop = stopping(recipes.GENERATOR, plan.generator_steps, n_train, clock, "generator")
-    gen_recipe = generator_recipe(stop)
+    gen_recipe = generator_recipe(stop, device)
+    how = ", compiled" if gen_recipe["compile"] else ""
+    how += ", bf16 autocast" if gen_recipe["mixed_precision"] == "bf16" else ""
     announce(6, STAGES, f"generator: class-conditional VAR over the folded tokens, depth {gen_recipe['depth']}, width "
-             f"{gen_recipe['embed_dim']}{', compiled' if gen_recipe.get('compile') else ''}; " + stop_text(stop))
+             f"{gen_recipe['embed_dim']}{how}; " + stop_text(stop))
     res.summaries["generator"] = timed("generator", lambda: train_generator_stage(
         gen_recipe, stop, res.data_dir, res.tokenizer_dir / "last", codes, res.generator_dir, seed=plan.seed,
         device=device, progress=progress))
