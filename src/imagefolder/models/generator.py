@@ -68,7 +68,7 @@ def attention(q_BHLc: torch.Tensor, k_BHlc: torch.Tensor, v_BHlc: torch.Tensor, 
               scale: float, dropout_p: float) -> torch.Tensor:
     """softmax(q k^T scale + bias) v, (B, H, L, c). On a CPU with autograd recording it is spelled out instead of
     PyTorch's fused kernel, whose CPU backward (flash) ran about 12x slower than its forward: 39% of a compiled bf16
-    training step of the demo's generator. Spelled out, ``torch.compile`` fuses the softmax and the step runs 1.38x
+    training step of the demo's generator. Spelled out, ``torch.compile`` fuses the softmax and the step runs 1.49x
     faster (BENCHMARKS.md); sampling and evaluation keep the fused kernel (and its bit-exact references)."""
     if q_BHLc.device.type != "cpu" or not torch.is_grad_enabled():
         return F.scaled_dot_product_attention(q_BHLc, k_BHlc, v_BHlc, attn_mask=bias, scale=scale, dropout_p=dropout_p)
