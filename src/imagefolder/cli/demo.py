@@ -32,8 +32,8 @@ FIXED_COUNTS = ("classifier_epochs", "teacher_epochs", "tokenizer_steps", "gener
 def add_parser(sub) -> None:
     from ..data.make_dataset import DATASETS
     from ..demo.assets import DEFAULT_ASSETS
-    from ..demo.recipes import (BUDGET_MINUTES, BUDGET_SHARES, LARGE_GENERATOR_MIN_MINUTES, QUICK_BUDGET_MINUTES,
-                                 ship_command)
+    from ..demo.recipes import (BUDGET_MINUTES, BUDGET_SHARES, COMPILE_MIN_MINUTES, LARGE_GENERATOR_MIN_MINUTES,
+                                 QUICK_BUDGET_MINUTES, ship_command)
     shares = ", ".join(f"{stage} {share:.0%}" for stage, share in BUDGET_SHARES.items())
     extra = f"\nBudget shares: {shares}. The shipped demo model is made by: {ship_command()}\n"
     p = sub.add_parser("demo", help="the whole system end to end on a CPU: samples, reconstructions, numbers, report",
@@ -53,7 +53,9 @@ def add_parser(sub) -> None:
     p.add_argument("--generator-steps", type=int, metavar="N",
                    help="--train: fixed steps instead of the clock. Fixed steps, or a budget that gives the generator at "
                         f"least {LARGE_GENERATOR_MIN_MINUTES:g} minutes, train the shipped depth-6 generator (compiled, "
-                        "bf16); a shorter budget trains the small depth-4 one, which learns more in that time")
+                        "bf16); a shorter budget trains the small depth-4 one, which learns more in that time "
+                        f"(compiled, bf16, from {COMPILE_MIN_MINUTES:g} minutes). On a CPU without native bf16 "
+                        "(AVX-512 BF16 or AMX) both train in fp32")
     p.add_argument("--ship", action="store_true", help="--train: copy the trained models into --assets (written "
                    "aside, then swapped in)")
     p.add_argument("--assets", metavar="DIR", help="the demo model folder: generator/, classifier/, demo.json "

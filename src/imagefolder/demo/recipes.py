@@ -71,8 +71,8 @@ def demo_tokenizer() -> dict[str, Any]:
 
 
 # The generator: depth 6, width 256 (7.4 M parameters), compiled (torch.compile) and under bf16 autocast: on a CPU
-# with AMX that trains 1.5x faster than in eager fp32 (48 against 31 images/s in a synthetic step; 44-52 in the
-# shipped run; about 40 s of compiling first), so the shipped run's 3000 steps give it 2.6x the compute of the
+# with AMX its step runs 2.1x its eager fp32 step (62.1 against 29.3 images/s, benchmarks/bench_generator_step.py;
+# 61 in the demo's trainer; 30-60 s of compiling first), so the shipped run's 3000 steps give it 2.6x the compute of the
 # depth-4, width-192 generator shipped before within the hour. With the shipped tokenizer recipe its samples were
 # recognised 0.690 of the time in the run, the depth-4 generator's 0.612 (docs/DESIGN.md "A larger generator").
 GENERATOR: dict[str, Any] = {
@@ -95,8 +95,9 @@ GENERATOR: dict[str, Any] = {
 SMALL_GENERATOR: dict[str, Any] = {**GENERATOR, "depth": 4, "embed_dim": 192, "num_heads": 4, "compile": False,
                                    "mixed_precision": "none"}
 LARGE_GENERATOR_MIN_MINUTES = 15.0
-# A budgeted stage with at least this long compiles the small generator under bf16 (1.57x its eager fp32 step in
-# benchmarks/bench_generator_step.py); compiling costs 30-60 s before the first step, so shorter stages run eagerly.
+# A budgeted stage with at least COMPILE_MIN_MINUTES trains the small generator compiled under bf16 (1.57x its eager
+# fp32 step in benchmarks/bench_generator_step.py; in the 15-minute run 1217 steps and samples 0.426 against 736 and
+# 0.290); compiling costs 30-60 s before the first step, so shorter stages (--quick's) run eagerly.
 COMPILE_MIN_MINUTES = 3.0
 
 # 50 samples per class: 500 put the standard error of the sample accuracy near 0.02 (200: 0.035).

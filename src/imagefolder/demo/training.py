@@ -102,7 +102,7 @@ def cpu_has_bf16() -> bool:
 def generator_recipe(stop: dict[str, Any], device: torch.device) -> dict[str, Any]:
     """The demo's generator for a stage stopped by ``stop`` on ``device``: ``recipes.GENERATOR``; or, when a time
     budget gives it less than ``recipes.LARGE_GENERATOR_MIN_MINUTES``, ``recipes.SMALL_GENERATOR``, compiled under
-    bf16 when the stage has at least ``recipes.COMPILE_MIN_MINUTES``. On a CPU without native bf16, fp32."""
+    bf16 when the stage has at least ``recipes.COMPILE_MIN_MINUTES``. On a CPU without native bf16, in fp32."""
     minutes = stop["time_budget_minutes"]
     if minutes is None or minutes >= recipes.LARGE_GENERATOR_MIN_MINUTES:
         recipe = recipes.GENERATOR
