@@ -25,6 +25,8 @@ from .vit import LatentViTDecoder, LatentViTEncoder, create_vit
 Codes = list[list[torch.Tensor]]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# on a CPU without autograd, Tokenizer.fhat_to_img decodes at most this many output pixels at once (one 256 px picture)
+DECODE_CHUNK_PIXELS = 256 * 256
 
 
 @dataclass
@@ -141,8 +143,23 @@ class Tokenizer(nn.Module):
         return torch.cat([q.codes_to_fhats(c)[-1] for q, c in zip(self.quantizes, codes)], dim=1)
 
     def fhat_to_img(self, f_hat_BChw: torch.Tensor) -> torch.Tensor:
-        """f_hat (B, P*Cb, h, w) -> image (B, 3, H, W) clamped to [-1, 1]."""
-        return self._decode_unclamped(f_hat_BChw).clamp(-1, 1)
+        """f_hat (B, P*Cb, h, w) -> image (B, 3, H, W) clamped to [-1, 1].
+
+        On a CPU without autograd the batch is decoded in chunks of at most ``DECODE_CHUNK_PIXELS`` output pixels
+        (one 256 px picture; 64 pictures of 32 px): the decoder's full-resolution activations are the largest
+        tensors of sampling, and chunking them takes the same time there (VAR's VQVAE at batch 8: 22.8 s against
+        23.0 s) with 1.7 GB less peak memory (BENCHMARKS.md). Chunks change the last bits only (oneDNN picks its
+        kernels by batch size): within 1e-5 of the whole batch's decode."""
+        B, chunk = f_hat_BChw.shape[0], self._decode_chunk(f_hat_BChw)
+        if chunk >= B:
+            return self._decode_unclamped(f_hat_BChw).clamp(-1, 1)
+        return torch.cat([self._decode_unclamped(f).clamp(-1, 1) for f in f_hat_BChw.split(chunk)])
+
+    def _decode_chunk(self, f_hat_BChw: torch.Tensor) -> int:
+        """Pictures ``fhat_to_img`` decodes at once: all of them on a GPU or while autograd records."""
+        if f_hat_BChw.device.type != "cpu" or torch.is_grad_enabled():
+            return f_hat_BChw.shape[0]
+        return max(1, DECODE_CHUNK_PIXELS // self.config.image_size ** 2)
 
     def _decode_unclamped(self, f_hat_BChw: torch.Tensor) -> torch.Tensor:
         if self.config.dec_type == "cnn":
