@@ -17,7 +17,13 @@ differ for the same seed; the time depends on the draws only through the top-p n
 
 On a GPU (``--device``, auto picks one when torch sees it) both samplers run there.
 
+Peak memory: in one process both samplers' memory adds up, so ``--alone`` runs each sampler in a process of its own
+(the weights go through a temporary file, so neither process ever held the other's model) and reports its time and
+the peak resident size while sampling (Linux: the peak is reset after the model is built), beside the resident size
+of the built model.
+
 Usage: python benchmarks/bench_var_sampling.py [--official ../VAR] [--batch-sizes 1 8] [--repeats 2] [--device auto]
+       python benchmarks/bench_var_sampling.py --official ../VAR --alone --batch-sizes 8 --keep-freed-memory
        python benchmarks/bench_var_sampling.py --preset var-tiny --repeats 1 --official ../VAR   # seconds
 """
 from __future__ import annotations
@@ -79,8 +85,9 @@ def no_default_init():
                 c.reset_parameters = fn
 
 
-def build_official(var_models, gen: imf.Generator, device: torch.device):
-    """VAR's VQVAE + VAR with ``gen``'s weights, from our release-format export, loaded strictly."""
+def build_official(var_models, gen: imf.Generator, device: torch.device, states: dict | None = None):
+    """VAR's VQVAE + VAR with ``gen``'s weights, from our release-format export, loaded strictly (``states``: that
+    export made earlier, keys "var" and "vqvae", when ``gen`` holds no values)."""
     c, t = gen.config, gen.tokenizer.config
     if tuple(t.encoder_ch_mult) != (1, 1, 2, 2, 4):
         sys.exit("VAR's VQVAE has ch_mult 1,1,2,2,4; this preset's tokenizer differs")
@@ -95,8 +102,8 @@ def build_official(var_models, gen: imf.Generator, device: torch.device):
                              attn_l2_norm=c.attn_l2_norm, patch_nums=tuple(t.v_patch_nums),
                              flash_if_available=False, fused_if_available=False)
     # the state dicts imf.export_var_release / `imagefolder convert` write to var_dNN.pth and vae_*.pth
-    vae.load_state_dict(var_release.vqvae_state(gen.tokenizer), strict=True)
-    var.load_state_dict(to_official_state_dict(gen), strict=True)
+    vae.load_state_dict(states["vqvae"] if states else var_release.vqvae_state(gen.tokenizer), strict=True)
+    var.load_state_dict(states["var"] if states else to_official_state_dict(gen), strict=True)
     var.rng = torch.Generator(device=device)  # VAR makes it on dist.get_device(), which is CUDA when one exists
     return vae.to(device).eval(), var.to(device).eval()
 
@@ -137,6 +144,79 @@ def agreement(var, gen: imf.Generator, labels: torch.Tensor, top_k: int) -> tupl
     return d_logits, (ours_img.double() - theirs_img.double()).abs().max().item()
 
 
+# --alone: each sampler in its own process ---------------------------------------------------------------------------
+def _status_mb(key: str) -> int:
+    with open("/proc/self/status") as f:
+        return int(next(line for line in f if line.startswith(key + ":")).split()[1]) // 1024
+
+
+def _reset_peak() -> bool:
+    """Reset this process's peak resident size (Linux >= 4.0); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def run_alone_child(args) -> None:
+    """One sampler (``args.child``) on the weights in ``args.weights``; prints one line per setting."""
+    import gc
+    states = torch.load(args.weights, weights_only=True)
+    with torch.device("meta"):
+        shape = imf.load_generator(args.preset)
+    if args.child == "official":
+        _, var = build_official(import_official(args.official), shape, torch.device("cpu"), states)
+        sampler = lambda labels, dtype: official_sampler(var, labels, min(TOP_K, shape.V), dtype)
+    else:
+        gen = shape.to_empty(device="cpu")
+        gen.load_state_dict(states["ours"], strict=True)
+        gen.tokenizer.load_state_dict(states["tokenizer"], strict=True)
+        gen.eval()
+        sampler = lambda labels, dtype: (lambda: gen.generate(labels, cfg=CFG, top_k=min(TOP_K, gen.V), top_p=TOP_P,
+                                                              seed=0, dtype=dtype, more_smooth=MORE_SMOOTH))
+    del states
+    gc.collect()
+    for B in args.batch_sizes:
+        labels = labels_for(B, shape.num_classes)
+        for name in args.dtypes:
+            resident = _status_mb("VmRSS")
+            reset = _reset_peak()
+            t = best_of(sampler(labels, DTYPES[name]), args.repeats)
+            peak = f"{_status_mb('VmHWM')} MB" if reset else "n/a"
+            print(f"ALONE {args.child} batch {B} {name}: {t:.2f} s, resident before {resident} MB, peak {peak}",
+                  flush=True)
+
+
+def run_alone(args) -> None:
+    """Export the weights once, then time each sampler in a fresh process of its own."""
+    import subprocess
+    import tempfile
+    torch.manual_seed(0)
+    gen = imf.load_generator(args.preset).eval()
+    print(f"machine: {machine()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "weights.pt"
+        torch.save({"ours": gen.state_dict(), "tokenizer": gen.tokenizer.state_dict(),
+                    "var": to_official_state_dict(gen), "vqvae": var_release.vqvae_state(gen.tokenizer)}, weights)
+        del gen
+        which = ["ours"] + (["official"] if args.official is not None else [])
+        for child in which:
+            cmd = [sys.executable, __file__, "--child", child, "--weights", str(weights), "--preset", args.preset,
+                   "--repeats", str(args.repeats), "--batch-sizes", *map(str, args.batch_sizes),
+                   "--dtypes", *args.dtypes]
+            if args.official is not None:
+                cmd += ["--official", str(args.official)]
+            if args.keep_freed_memory:
+                cmd.append("--keep-freed-memory")
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            lines = [line[len("ALONE "):] for line in out.stdout.splitlines() if line.startswith("ALONE ")]
+            if out.returncode != 0:
+                sys.exit(f"the {child} process failed:\n{out.stderr[-2000:]}")
+            print("\n".join(lines))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="var-d16", help="generator preset (var-d16 ... var-d30; var-tiny to try the "
@@ -151,10 +231,21 @@ def main() -> None:
     ap.add_argument("--keep-freed-memory", action="store_true",
                     help="tune the C library's malloc first as the imagefolder command does (imagefolder.allocator); "
                          "it acts on the whole process, so on both samplers")
+    ap.add_argument("--alone", action="store_true",
+                    help="time ours (and VAR's, with --official) each in a process of its own on the CPU, with each "
+                         "one's peak resident memory while sampling")
+    ap.add_argument("--child", choices=("ours", "official"), help=argparse.SUPPRESS)  # --alone's worker processes
+    ap.add_argument("--weights", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.keep_freed_memory:
         from imagefolder.allocator import keep_freed_memory
-        print(f"malloc: freed memory kept in the heap ({'applied' if keep_freed_memory() else 'not available here'})")
+        applied = keep_freed_memory()
+        if args.child is None:
+            print(f"malloc: freed memory kept in the heap ({'applied' if applied else 'not available here'})")
+    if args.child is not None:
+        return run_alone_child(args)
+    if args.alone:
+        return run_alone(args)
 
     device = pick_device(args.device)
     var_models = import_official(args.official) if args.official is not None else None
