@@ -163,7 +163,7 @@ def _reset_peak() -> bool:
 def run_alone_child(args) -> None:
     """One sampler (``args.child``) on the weights in ``args.weights``; prints one line per setting."""
     import gc
-    states = torch.load(args.weights, weights_only=True)
+    states = torch.load(args.weights, weights_only=True, mmap=True)  # file pages, dropped again with `states`
     with torch.device("meta"):
         shape = imf.load_generator(args.preset)
     if args.child == "official":

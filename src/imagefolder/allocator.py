@@ -4,8 +4,9 @@ With glibc's defaults a block over the mmap threshold (at most 32 MiB, adjusted 
 fresh from the kernel on every allocation and unmapped when freed, so each large activation of a scale (the
 d16 generator's MLP at batch 8: hundreds of MB per call) first touches zeroed pages again. ``keep_freed_memory``
 raises the mmap threshold to 1 GiB and stops the heap from being trimmed, so such blocks are reused: VAR d16
-sampling in fp32 at batch 8 went from 54.0 s to 42.3 s on a 2-core Xeon (BENCHMARKS.md), at the price of a peak
-resident size about 10% higher that stays until the process ends. PyTorch's CPU tuning guide gets the same effect
+sampling in fp32 at batch 8 went from 54.0 s to 42.3 s on a 2-core Xeon (BENCHMARKS.md); freed memory stays with
+the process until it ends (with the tokenizer's chunked decoding the sampler's peak resident size was the same with and
+without it: 4.2 GB, BENCHMARKS.md's fourth run). PyTorch's CPU tuning guide gets the same effect
 by preloading jemalloc or tcmalloc; this needs nothing installed.
 
 The ``imagefolder`` command calls it once at start; library users may call it themselves. Set
