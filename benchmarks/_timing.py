@@ -48,6 +48,22 @@ def peak_memory(device: torch.device | None = None) -> str:
     return text
 
 
+def status_mb(key: str) -> int:
+    """A size field of /proc/self/status (Linux) in MB: "VmRSS" resident now, "VmHWM" the peak."""
+    with open("/proc/self/status") as f:
+        return int(next(line for line in f if line.startswith(key + ":")).split()[1]) // 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak resident size, "VmHWM" (Linux >= 4.0); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def machine(device: torch.device | None = None) -> str:
     """CPU model, its relevant flags, cores, threads, versions; the GPU's name when timing on one."""
     cpu, flags = platform.processor() or "cpu", set()

@@ -39,7 +39,7 @@ import torch.nn as nn
 import imagefolder as imf
 from imagefolder import var_release
 from imagefolder.official import to_official_state_dict
-from _timing import best_of, machine, peak_memory, pick_device
+from _timing import best_of, machine, peak_memory, pick_device, reset_peak_rss, status_mb
 
 CFG, TOP_K, TOP_P, MORE_SMOOTH = 4.0, 900, 0.95, False
 DEMO_CLASSES = (207, 360, 387, 974, 88, 979, 417, 279)  # the classes of VAR's demo_sample.ipynb
@@ -145,21 +145,6 @@ def agreement(var, gen: imf.Generator, labels: torch.Tensor, top_k: int) -> tupl
 
 
 # --alone: each sampler in its own process ---------------------------------------------------------------------------
-def _status_mb(key: str) -> int:
-    with open("/proc/self/status") as f:
-        return int(next(line for line in f if line.startswith(key + ":")).split()[1]) // 1024
-
-
-def _reset_peak() -> bool:
-    """Reset this process's peak resident size (Linux >= 4.0); False where that is not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def run_alone_child(args) -> None:
     """One sampler (``args.child``) on the weights in ``args.weights``; prints one line per setting."""
     import gc
@@ -181,10 +166,10 @@ def run_alone_child(args) -> None:
     for B in args.batch_sizes:
         labels = labels_for(B, shape.num_classes)
         for name in args.dtypes:
-            resident = _status_mb("VmRSS")
-            reset = _reset_peak()
+            resident = status_mb("VmRSS")
+            reset = reset_peak_rss()
             t = best_of(sampler(labels, DTYPES[name]), args.repeats)
-            peak = f"{_status_mb('VmHWM')} MB" if reset else "n/a"
+            peak = f"{status_mb('VmHWM')} MB" if reset else "n/a"
             print(f"ALONE {args.child} batch {B} {name}: {t:.2f} s, resident before {resident} MB, peak {peak}",
                   flush=True)
 
