@@ -1,4 +1,5 @@
-"""VAR's release, sampled with VAR's demo settings: our sampler, and optionally VAR's own, on the same weights.
+"""VAR's release, sampled with VAR's demo settings and its VQVAE's reconstructions: ours, and optionally VAR's own
+code, on the same weights.
 
 Builds VAR d16 + its VQVAE (presets ``var-d16`` / ``var-vqvae``, random weights, nothing downloaded) and times
 ``Generator.generate`` with VAR's demo settings (cfg 4 on a linear ramp, top-k 900, top-p 0.95, more_smooth off;
@@ -15,7 +16,13 @@ codes VAR's sampler drew, our guided logits at every scale and our decoded image
 The two samplers draw differently (VAR: one generator for the batch; ours: one stream per image), so the codes
 differ for the same seed; the time depends on the draws only through the top-p nucleus sizes.
 
-On a GPU (``--device``, auto picks one when torch sees it) both samplers run there.
+Reconstruction (``--parts reconstruction``, on by default): random 256 px pictures through the VQVAE (encode,
+quantize at every scale, decode), ``Tokenizer.reconstruct`` against VAR's ``VQVAE.img_to_reconstructed_img(x,
+last_one=True)``, fp32 and bf16 (ours under ``Tokenizer.precision``, VAR's under ``torch.autocast``, its latent cast
+to float32 before its quantizer, as its training forward does: without it VAR's code fails under CPU autocast); the
+fp32 pictures of the two are compared first.
+
+On a GPU (``--device``, auto picks one when torch sees it) both run there.
 
 Peak memory: in one process both samplers' memory adds up, so ``--alone`` runs each sampler in a process of its own
 (the weights go through a temporary file, so neither process ever held the other's model) and reports its time and
@@ -116,6 +123,48 @@ def official_sampler(var, labels: torch.Tensor, top_k: int, dtype: torch.dtype):
     return run
 
 
+def reconstruction(vae, gen: imf.Generator, batch_sizes, dtypes, repeats: int, device: torch.device) -> None:
+    """Time the VQVAE's reconstruction of random pictures: ours and (``vae`` not None) VAR's, per batch size and
+    precision; with VAR's, first the largest fp32 difference of the two reconstructions."""
+    tok = gen.tokenizer
+    size = tok.config.image_size
+    pictures = lambda B: torch.rand(B, 3, size, size, generator=torch.Generator().manual_seed(B)).mul(2).sub(1)
+
+    def ours(x, dtype):
+        def run():
+            with torch.no_grad(), tok.precision(dtype):
+                return tok.reconstruct(x)
+        return run
+
+    def theirs(x, dtype):
+        def run():  # VAR's img_to_reconstructed_img(x, last_one=True), step by step
+            with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                f = vae.quant_conv(vae.encoder(x))
+                # under CPU autocast f is bf16, and VAR's quantizer then fails (addmm_ of a bf16 residual with its
+                # fp32 codebook); its training forward casts f to float32 first, and so does this
+                f_hat = vae.quantize.f_to_idxBl_or_fhat(f.float(), to_fhat=True)[-1]
+                return vae.decoder(vae.post_quant_conv(f_hat)).clamp_(-1, 1)
+        return run
+
+    if vae is not None:
+        x = pictures(2).to(device)
+        diff = (ours(x, torch.float32)().double() - theirs(x, torch.float32)().double()).abs().max().item()
+        print(f"reconstruction agreement, fp32, batch 2: max |diff| {diff:.2e}")
+    for B in batch_sizes:
+        x = pictures(B).to(device)
+        parts, times = [], {}
+        for name in dtypes:
+            times[name] = t_ours = best_of(ours(x, DTYPES[name]), repeats, device=device)
+            if vae is not None:
+                t_var = best_of(theirs(x, DTYPES[name]), repeats, device=device)
+                parts.append(f"{name}: VAR {t_var:6.2f} s, ours {t_ours:6.2f} s (x{t_var / t_ours:.2f})")
+            else:
+                parts.append(f"{name}: ours {t_ours:6.2f} s")
+        if "fp32" in times and "bf16" in times:
+            parts.append(f"ours bf16 vs fp32 x{times['fp32'] / times['bf16']:.2f}")
+        print(f"reconstruct batch {B:2d}: " + " | ".join(parts))
+
+
 def agreement(var, gen: imf.Generator, labels: torch.Tensor, top_k: int) -> tuple[float, float]:
     """Run VAR's fp32 sampler recording the guided logits it saw and the codes it drew; feed those codes to ours.
     Returns the largest differences of the guided logits (over all scales) and of the images."""
@@ -209,6 +258,8 @@ def main() -> None:
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], help="batch sizes to time")
     ap.add_argument("--repeats", type=int, default=2, help="timed runs per setting (the best is reported)")
     ap.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES), help="precisions to time")
+    ap.add_argument("--parts", nargs="+", choices=("sampling", "reconstruction"), default=["sampling", "reconstruction"],
+                    help="what to time (without --alone): sampling (decoding included) and the VQVAE's reconstruction")
     ap.add_argument("--official", type=Path, default=None,
                     help="a local checkout of FoundationVision/VAR: also time its own sampler on the same weights")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -242,15 +293,15 @@ def main() -> None:
     tok = sum(p.numel() for p in gen.tokenizer.parameters()) / 1e6
     print(f"generator {args.preset}: {own:.1f} M parameters + VQVAE {tok:.1f} M, {gen.L} tokens, V {gen.V}; "
           f"cfg {CFG:g}, top-k {top_k}, top-p {TOP_P}, more_smooth {MORE_SMOOTH}; decode included")
-    var = None
+    vae = var = None
     if var_models is not None:
-        _, var = build_official(var_models, gen, device)
+        vae, var = build_official(var_models, gen, device)
         print(f"official: VAR's models/ from {args.official}, our weights loaded strictly in its release format")
         d_logits, d_img = agreement(var, gen, labels_for(2, gen.num_classes).to(device), top_k)
         print(f"agreement, fp32, batch 2, fed the codes VAR's sampler drew: guided logits max |diff| {d_logits:.2e} "
               f"over all scales, decoded image max |diff| {d_img:.2e}")
 
-    for B in args.batch_sizes:
+    for B in args.batch_sizes if "sampling" in args.parts else ():
         labels = labels_for(B, gen.num_classes).to(device)
         parts = []
         times = {}
@@ -268,6 +319,8 @@ def main() -> None:
         if "fp32" in times and "bf16" in times:
             parts.append(f"ours bf16 vs fp32 x{times['fp32'] / times['bf16']:.2f}")
         print(f"batch {B:2d}: " + " | ".join(parts))
+    if "reconstruction" in args.parts:
+        reconstruction(vae, gen, args.batch_sizes, args.dtypes, args.repeats, device)
     print(peak_memory(device))
 
 

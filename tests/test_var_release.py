@@ -110,6 +110,20 @@ def test_reconstructions_match(tok, ref):
     assert maxdiff(tok.decode([ref["idx_Bl"]]), ref["recon_from_idx"]) < TOL
 
 
+def test_bf16_reconstruction_searches_the_codebook_on_an_fp32_residual(tok, ref):
+    """Under bf16 the encoder's latent is bf16; the Euclidean search's in-place distance update then mixed it with
+    the fp32 codebook and failed (VAR's own img_to_reconstructed_img fails the same way under CPU autocast). The
+    quantizer keeps its residual in fp32, so reconstruction runs, with pictures near the fp32 ones."""
+    with tok.precision(torch.bfloat16):
+        codes = tok.encode(ref["x"])
+        rec = tok.reconstruct(ref["x"])
+    assert rec.shape == ref["recon"].shape and torch.isfinite(rec).all()
+    assert all(c.dtype == torch.int64 for c in codes[0])
+    agree = torch.cat([(c == r).flatten() for c, r in zip(codes[0], ref["idx_Bl"])]).float().mean().item()
+    assert agree > 0.5, agree
+    assert (rec.float() - ref["recon"]).abs().mean() < 0.1
+
+
 def test_teacher_forcing_matches(gen, ref):
     assert maxdiff(gen.tokenizer.var_input([ref["idx_Bl"]]), ref["var_input"]) < TOL
     outputs = []

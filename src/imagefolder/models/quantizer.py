@@ -226,8 +226,12 @@ class MultiScaleQuantizer(nn.Module):
     # inference ---------------------------------------------------------------------------------------------
     @torch.no_grad()
     def encode(self, f_BChw: torch.Tensor, *, return_fhats: bool = False):
-        """Codes per scale (list of (B, l) int64) and, if asked, the cumulative f_hat after each scale."""
+        """Codes per scale (list of (B, l) int64) and, if asked, the cumulative f_hat after each scale.
+
+        The residual is kept in float32 under autocast too (as in VAR's quantizer), so that the Euclidean search's
+        in-place distance update never mixes a bf16 residual with the fp32 codebook."""
         self._check_input(f_BChw)
+        f_BChw = f_BChw.float()
         B = f_BChw.shape[0]
         codebook_VC = self.search_codebook()
         f_rest, f_hat = f_BChw.clone(), torch.zeros_like(f_BChw)
