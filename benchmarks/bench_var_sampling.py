@@ -32,6 +32,7 @@ of the built model.
 Usage: python benchmarks/bench_var_sampling.py [--official ../VAR] [--batch-sizes 1 8] [--repeats 2] [--device auto]
        python benchmarks/bench_var_sampling.py --official ../VAR --alone --batch-sizes 8 --keep-freed-memory
        python benchmarks/bench_var_sampling.py --preset var-tiny --repeats 1 --official ../VAR   # seconds
+       python benchmarks/bench_var_sampling.py --official ../VAR --parts sampling --dtypes bf16 --compile
 """
 from __future__ import annotations
 
@@ -258,6 +259,8 @@ def main() -> None:
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], help="batch sizes to time")
     ap.add_argument("--repeats", type=int, default=2, help="timed runs per setting (the best is reported)")
     ap.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES), help="precisions to time")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time our sampler with generate(compile=True) (its first call, which compiles, apart)")
     ap.add_argument("--parts", nargs="+", choices=("sampling", "reconstruction"), default=["sampling", "reconstruction"],
                     help="what to time (without --alone): sampling (decoding included) and the VQVAE's reconstruction")
     ap.add_argument("--official", type=Path, default=None,
@@ -307,15 +310,22 @@ def main() -> None:
         times = {}
         for name in args.dtypes:
             dtype = DTYPES[name]
-            t_ours = best_of(lambda: gen.generate(labels, cfg=CFG, top_k=top_k, top_p=TOP_P, seed=0, dtype=dtype,
-                                                  more_smooth=MORE_SMOOTH), args.repeats, device=device)
+            ours = lambda compile=False: gen.generate(labels, cfg=CFG, top_k=top_k, top_p=TOP_P, seed=0, dtype=dtype,
+                                                      more_smooth=MORE_SMOOTH, compile=compile)
+            t_ours = best_of(ours, args.repeats, device=device)
             times[name] = t_ours
-            if var is not None:
-                t_var = best_of(official_sampler(var, labels, top_k, dtype), args.repeats, device=device)
+            t_var = best_of(official_sampler(var, labels, top_k, dtype), args.repeats, device=device) \
+                if var is not None else None
+            if t_var is not None:
                 parts.append(f"{name}: VAR {t_var:6.2f} s, ours {t_ours:6.2f} s (x{t_var / t_ours:.2f}; "
                              f"{t_ours / B:.2f} s/img)")
             else:
                 parts.append(f"{name}: ours {t_ours:6.2f} s ({t_ours / B:.2f} s/img)")
+            if args.compile:
+                first = best_of(lambda: ours(True), 1, warmup=0, device=device)  # compiles this batch size
+                t_comp = best_of(lambda: ours(True), args.repeats, warmup=0, device=device)
+                ratio = f"x{t_var / t_comp:.2f}; " if t_var is not None else ""
+                parts.append(f"{name} compiled: ours {t_comp:6.2f} s ({ratio}first call {first:.0f} s)")
         if "fp32" in times and "bf16" in times:
             parts.append(f"ours bf16 vs fp32 x{times['fp32'] / times['bf16']:.2f}")
         print(f"batch {B:2d}: " + " | ".join(parts))

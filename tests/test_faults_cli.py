@@ -167,7 +167,7 @@ def test_sample_records_its_settings_and_refuses_or_regenerates_when_they_differ
     assert "generated 0" in capsys.readouterr().out
     for extra, named in ((["--seed", 1], "seed 0 -> 1"), (["--cfg", 1.5], "cfg 3.25 -> 1.5"),
                          (["--top-p", 0.5], "top_p 0.95 -> 0.5"), (["--joint-sample"], "joint_sample"),
-                         (["--temperature", 0.5], "temperature 1.0 -> 0.5")):
+                         (["--temperature", 0.5], "temperature 1.0 -> 0.5"), (["--compile"], "compile False -> True")):
         assert _sample(gen_dir, out, *extra) == 2
         line = _one_line(capsys)
         assert named in line and "--overwrite" in line
