@@ -91,10 +91,10 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     p.add_argument("--overwrite", action="store_true",
                    help="OUT/sample.json records what its samples were made with (generator weights, seed, cfg, "
-                        "schedule, top-k, top-p, joint sampling, dtype). Samples of the same settings are kept and "
-                        "only the missing ones made (a killed run continues); when the settings differ the command "
-                        "refuses, unless --overwrite: then the earlier samples, grid and npz are deleted and made "
-                        "again")
+                        "schedule, top-k, top-p, joint sampling, dtype, temperature, compile). Samples of the same "
+                        "settings are kept and only the missing ones made (a killed run continues); when the settings "
+                        "differ the command refuses, unless --overwrite: then the earlier samples, grid and npz are "
+                        "deleted and made again")
     p.add_argument("--npz", action="store_true", help="also write OUT/samples.npz (arr_0: uint8 NHWC, labels)")
     p.add_argument("--grid-cols", type=int, metavar="N",
                    help="images per grid row (unset: --per-class, at most 16)")
