@@ -2,7 +2,7 @@
 
     python benchmarks/bench_generator_step.py [--steps 15] [--batch 32] [--threads 2]
 
-On a CPU with autograd recording, ``models.generator.attention`` computes softmax(q k^T + bias) v with plain
+On a CPU with autograd recording, ``models.blocks.attention`` computes softmax(q k^T + bias) v with plain
 matmuls instead of ``F.scaled_dot_product_attention``, whose CPU backward (a flash kernel) is many times slower
 than its forward. This script times one optimizer step (forward, cross-entropy over both branches, backward,
 AdamW) of the demo's two generator recipes (``demo/recipes.py``) on synthetic codes of the demo tokenizer's shapes,

@@ -261,7 +261,8 @@ def main() -> None:
     ap.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES), help="precisions to time")
     ap.add_argument("--compile", action="store_true",
                     help="also time our sampler with generate(compile=True) (its first call, which compiles, apart)")
-    ap.add_argument("--parts", nargs="+", choices=("sampling", "reconstruction"), default=["sampling", "reconstruction"],
+    ap.add_argument("--parts", nargs="+", choices=("sampling", "reconstruction"),
+                    default=["sampling", "reconstruction"],
                     help="what to time (without --alone): sampling (decoding included) and the VQVAE's reconstruction")
     ap.add_argument("--official", type=Path, default=None,
                     help="a local checkout of FoundationVision/VAR: also time its own sampler on the same weights")

@@ -5,10 +5,9 @@ import dataclasses
 
 import pytest
 import torch
-
-import imagefolder as imf
 from timm.layers import DropPath
 
+import imagefolder as imf
 from imagefolder.models.generator import block_causal_mask
 
 
@@ -284,7 +283,8 @@ def test_the_generator_refers_to_its_tokenizer_without_owning_it(ref):
 
 
 def test_training_attention_on_cpu_matches_the_fused_kernel_in_values_and_gradients():
-    from imagefolder.models.generator import attention, block_causal_mask
+    from imagefolder.models.blocks import attention
+    from imagefolder.models.generator import block_causal_mask
     torch.manual_seed(0)
     bias = block_causal_mask((1, 2, 3), torch.device("cpu"))
     q, k, v = (torch.randn(2, 3, bias.shape[-1], 8, requires_grad=True) for _ in range(3))

@@ -85,9 +85,9 @@ def add_parser(sub) -> None:
                    help="auto: this process's GPU when there is one, else the CPU")
     p.add_argument("--compile", action="store_true",
                    help="run the transformer blocks compiled (torch.compile, one graph per scale): VAR d16 in bf16 "
-                        "on a 2-core CPU 2-15%% faster in our runs, after 45-100 s of compiling at the first batch; for long "
-                        "runs. Not exact (fused passes round differently, so codes can change); recorded in "
-                        "sample.json")
+                        "on a 2-core CPU 2-15%% faster in our runs, after 45-100 s of compiling at the first batch; "
+                        "for long runs. Not exact (fused passes round differently, so codes can change); recorded "
+                        "in sample.json")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     p.add_argument("--overwrite", action="store_true",
                    help="OUT/sample.json records what its samples were made with (generator weights, seed, cfg, "
@@ -151,7 +151,8 @@ def _check(args) -> None:
 
 
 SETTINGS = "sample.json"        # OUT/sample.json: what the samples in OUT were made with
-_RECORDED_WHEN_SET = {"temperature": 1.0, "compile": False}  # options newer than sample.json: their defaults when not recorded
+# options newer than sample.json: their defaults when not recorded
+_RECORDED_WHEN_SET = {"temperature": 1.0, "compile": False}
 _SAMPLE_NAME = re.compile(r"^\d{6}_class\d{4}\.png$")
 
 
